@@ -1,0 +1,22 @@
+"""SoRA: Sparse Low-rank Adaptation (Ding et al., EMNLP 2023) as a drop-in on PEFT's LoRA."""
+
+from .config import SoraConfig
+from .errors import SoraError
+from .layer import soft_threshold
+from .model import count_parameters, gate_ranks, get_sora_model, load_sora, save_sora
+from .optim import SoraOptimizer
+from .prune import prune
+
+__all__ = [
+    "SoraConfig",
+    "SoraError",
+    "SoraOptimizer",
+    "count_parameters",
+    "gate_ranks",
+    "get_sora_model",
+    "load_sora",
+    "prune",
+    "save_sora",
+    "soft_threshold",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,158 @@
+"""Building a SoRA model on PEFT, reading its ranks and sizes, and saving/loading it unpruned (to resume training)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ._io import atomic_write
+from .config import SoraConfig
+from .errors import SoraError
+from .layer import GatedLinear, add_gate, lora_layers
+
+WEIGHTS_NAME = "sora_model.safetensors"
+OPTIMIZER_NAME = "optimizer.safetensors"
+
+
+def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
+    """Wrap ``model`` in a PEFT LoRA model of rank ``r_max`` whose every LoRA module carries a gate ``g``.
+
+    B starts at zero (PEFT's default init), so the outputs equal the base model's at creation. Trainable: A, B, the
+    gates and ``modules_to_save``.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    lora_config = config.to_lora_config(model_type)
+    try:
+        peft_model = get_peft_model(model, lora_config)
+    except ValueError as e:
+        first = str(e).strip().splitlines()[0]
+        raise SoraError(
+            f"target_modules {lora_config.target_modules!r} do not fit this {model_type or 'model'}: {first}"
+        ) from None
+    for _, layer, adapter in lora_layers(peft_model):
+        add_gate(layer.lora_A[adapter], config.gate_init)
+    peft_model.sora_config = config
+    return peft_model
+
+
+def _relative_name(model: nn.Module, name: str) -> str:
+    """A module name relative to the transformers model inside a PeftModel (the names target_modules use)."""
+    return re.sub(r"^base_model\.model\.", "", name) if isinstance(model, PeftModel) else name
+
+
+def gate_ranks(model: nn.Module) -> dict[str, int]:
+    """Module name -> rank: the number of non-zero gate entries (or LoRA's ``r`` for an ungated, pruned module)."""
+    ranks = {}
+    for name, layer, adapter in lora_layers(model):
+        lora_a = layer.lora_A[adapter]
+        rank = int(torch.count_nonzero(lora_a.sora_gate)) if isinstance(lora_a, GatedLinear) else lora_a.out_features
+        ranks[_relative_name(model, name)] = rank
+    return ranks
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Exact parameter counts from the shapes.
+
+    ``trainable``: every parameter that trains now. ``adapter``: A, B and the gates. ``nonzero``: what the pruned LoRA
+    holds, ``sum_i rank_i · (d_in_i + d_out_i)``.
+    """
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    adapter = nonzero = 0
+    ranks = gate_ranks(model)
+    for name, layer, adapter_name in lora_layers(model):
+        lora_a, lora_b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
+        adapter += sum(p.numel() for p in (*lora_a.parameters(), *lora_b.parameters()))
+        nonzero += ranks[_relative_name(model, name)] * (lora_a.in_features + lora_b.out_features)
+    return {"trainable": trainable, "adapter": adapter, "nonzero": nonzero}
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing, truncated or foreign file is a one-line :class:`SoraError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SoraError(f"{path}: no such file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SoraError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def save_sora(model: PeftModel, directory: str | Path, optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Save an unpruned SoRA model (config, A, B, gates, modules_to_save) and optionally its optimizer state.
+
+    Everything is safetensors (tensors) plus JSON (config, the optimizer's param groups in the file's metadata).
+    """
+    directory = Path(directory)
+    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        tensors, scalars = {}, {}
+        for index, param_state in state["state"].items():
+            for key, value in param_state.items():
+                target = tensors if torch.is_tensor(value) else scalars
+                target[f"{index}.{key}"] = value.contiguous().cpu() if torch.is_tensor(value) else value
+        metadata = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+        atomic_write(directory / OPTIMIZER_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    model.sora_config.save(directory)
+    return directory
+
+
+def load_sora(model: nn.Module, directory: str | Path, optimizer_factory=None):
+    """Rebuild the SoRA model that :func:`save_sora` wrote in ``directory`` on the fresh base ``model``.
+
+    With ``optimizer_factory`` (a callable taking the SoRA model, e.g. ``lambda m: SoraOptimizer(m, lr=1e-4)``),
+    the saved optimizer state is loaded into the optimizer it builds and ``(model, optimizer)`` is returned.
+    """
+    directory = Path(directory)
+    config = SoraConfig.load(directory)
+    tensors = load_safetensors(directory / WEIGHTS_NAME)
+    peft_model = get_sora_model(model, config)
+    load_trainable(peft_model, tensors, str(directory / WEIGHTS_NAME))
+    if optimizer_factory is None:
+        return peft_model
+    optimizer = optimizer_factory(peft_model)
+    path = directory / OPTIMIZER_NAME
+    tensors = load_safetensors(path)
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    state: dict[int, dict] = {}
+    for key, value in [*tensors.items(), *json.loads(metadata["scalars"]).items()]:
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    groups = json.loads(metadata["param_groups"])
+    for group in groups:
+        if "betas" in group:  # JSON made the tuple a list
+            group["betas"] = tuple(group["betas"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except ValueError as e:
+        raise SoraError(f"{path} does not fit this optimizer: {e}") from None
+    return peft_model, optimizer
+
+
+def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``model``'s trainable parameters; they must match by name and shape exactly."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
+    if missing or unexpected:
+        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise SoraError(
+            f"{source} does not fit this model: {what} ({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for name, param in params.items():
+        if tensors[name].shape != param.shape:
+            raise SoraError(
+                f"{source} does not fit this model: {name} has shape {tuple(tensors[name].shape)}, "
+                f"the model {tuple(param.shape)}"
+            )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(tensors[name])

