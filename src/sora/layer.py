@@ -8,6 +8,7 @@ exactly the equation. The gate is a parameter named ``sora_gate`` of ``lora_A[ad
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -16,6 +17,9 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 GATE_NAME = "sora_gate"
+
+# PEFT's save_pretrained takes any 1-D tensor under lora_A for an unsharded FSDP/ZeRO-3 shard; gates are 1-D by design.
+warnings.filterwarnings("ignore", message=r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape: \S*sora_gate")
 
 
 def soft_threshold(x: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:

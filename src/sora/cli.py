@@ -1,0 +1,187 @@
+"""The ``sora`` command: train, eval, schedule, ranks, report.
+
+Every failure the user can fix is one line on stderr (``sora: error: ...``) and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+
+from .errors import SoraError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise SoraError(f"{self.prog}: {message}")
+
+
+def _float_or_str(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .train import DEFAULT_LR, METHODS
+
+    p.add_argument("--task", required=True, help="cola sst2 mrpc qqp stsb mnli qnli rte wnli, or custom")
+    p.add_argument("--output-dir", required=True, help="the run folder (new, empty, or this run's own with --resume)")
+    p.add_argument("--method", default="sora", choices=METHODS)
+    p.add_argument("--model", default=None, help="local folder or hub name (default: the embedded MiniLM-L6)")
+    p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs (default: $GLUE_DIR, else the hub)")
+    p.add_argument("--train-file", default=None, help="custom task: CSV or JSONL")
+    p.add_argument("--validation-file", default=None, help="custom task: CSV or JSONL")
+    p.add_argument("--text-columns", default=None, help="custom task: a or a,b")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--r", type=int, default=8, help="r_max (SoRA), r (LoRA), target r (AdaLoRA)")
+    p.add_argument("--lora-alpha", type=float, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--xi", type=float, default=1e-4, help="SoRA sparsity strength")
+    p.add_argument("--gate-lr", type=float, default=None, help="SoRA gate learning rate (default: --lr)")
+    p.add_argument("--gate-update", default="adamw", choices=("adamw", "sgd"))
+    p.add_argument("--threshold", default="paper", choices=("paper", "constant"))
+    p.add_argument("--gate-init", type=_float_or_str, default=1.0, help="a number, or randn")
+    p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--max-eval-samples", type=int, default=None)
+    p.add_argument("--eval-steps", type=int, default=None, help="default: evaluate every epoch")
+    p.add_argument("--save-steps", type=int, default=None, help="default: a checkpoint every epoch")
+    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument("--report-to", default="none", help="the Trainer's reporters: none, tensorboard, wandb, all")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    if values.get("text_columns"):
+        values["text_columns"] = values["text_columns"].split(",")
+    return TrainConfig(**values)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sora", description="SoRA: Sparse Low-rank Adaptation on PEFT's LoRA.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="fine-tune with SoRA or a baseline; write a run folder")
+    _add_train_options(train)
+
+    ev = sub.add_parser("eval", help="score an exported adapter on its task's dev set")
+    ev.add_argument("--adapter", required=True)
+    ev.add_argument("--task", default=None)
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--model", default=None, help="the base model (default: the one the adapter names)")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--max-eval-samples", type=int, default=None)
+    ev.add_argument("--seed", type=int, default=42)
+    ev.add_argument("--output", default=None, help="also write the metrics JSON to this file")
+
+    sched = sub.add_parser("schedule", help="the sparsifying scheduler (Algorithm 1): raise xi stage by stage")
+    _add_train_options(sched)
+    sched.add_argument("--xi-schedule", default="linear", choices=("linear", "log_linear", "exp_linear"))
+    sched.add_argument("--xi-start", type=float, default=None, help="xi of stage 1 (default: --xi)")
+    sched.add_argument("--xi-max", type=float, default=None)
+    sched.add_argument("--xi-list", default=None, help="explicit comma-separated xi values, instead of a schedule")
+    sched.add_argument("--stages", type=int, default=5)
+    sched.add_argument("--epochs-per-stage", type=float, default=1.0)
+
+    ranks = sub.add_parser("ranks", help="rank heatmap and per-layer sparsity of a run folder")
+    ranks.add_argument("run_dir")
+
+    report = sub.add_parser("report", help="one HTML + Markdown page comparing run folders")
+    report.add_argument("run_dirs", nargs="+")
+    report.add_argument("--output", default="report.html")
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "train":
+        from .train import train
+
+        metrics = train(_train_config(args), resume=args.resume)
+        print(
+            json.dumps(
+                {
+                    "output_dir": args.output_dir,
+                    "eval": metrics["eval"],
+                    "ranks": sum(metrics["ranks"].values()),
+                    "nonzero_params": metrics["nonzero_params"],
+                }
+            )
+        )
+    elif args.command == "eval":
+        from . import _io
+        from .train import evaluate_adapter
+
+        scores = evaluate_adapter(
+            args.adapter,
+            task=args.task,
+            data_dir=args.data_dir,
+            batch_size=args.batch_size,
+            max_eval_samples=args.max_eval_samples,
+            seed=args.seed,
+            model_name=args.model,
+        )
+        if args.output:
+            _io.write_json(args.output, scores)
+        print(json.dumps(scores))
+    elif args.command == "schedule":
+        from .schedule import run_schedule, xi_values
+
+        if args.xi_list:
+            xis = [float(v) for v in args.xi_list.split(",")]
+        else:
+            xis = xi_values(
+                args.xi_schedule, args.xi_start if args.xi_start is not None else args.xi, args.xi_max, args.stages
+            )
+        rows = run_schedule(_train_config(args), xis, args.epochs_per_stage, resume=args.resume)
+        print(json.dumps({"output_dir": args.output_dir, "stages": len(rows)}))
+    elif args.command == "ranks":
+        from .analysis import analyze_ranks
+
+        result = analyze_ranks(args.run_dir)
+        print(json.dumps({"layer_sparsity": result["layer_sparsity"]}))
+    else:
+        from .analysis import write_report
+
+        print(write_report(args.run_dirs, args.output))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``sora`` and ``python -m sora``; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except SoraError as e:
+        print(f"sora: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sora: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, RuntimeError, ValueError) as e:  # an unforeseen failure: still one line, and its kind
+        print(
+            f"sora: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

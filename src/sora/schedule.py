@@ -1,0 +1,281 @@
+"""The sparsifying scheduler: Algorithm 1 of Ding et al. 2023 (SoRA), on transformers' Trainer.
+
+Algorithm 1 trains SoRA at a sparsity strength ``xi_1``, then keeps training the same model with the same optimizer
+while ``xi`` is raised stage by stage, and records after every stage how many parameters survive and how the adapter
+scores on its training data (memorization) and on the dev data (generalization): the paper's Figure 3.
+
+``run_schedule`` writes into ``cfg.output_dir``:
+
+- ``schedule.json``: ``{"task", "schedule", "primary_metric", "xis", "epochs_per_stage", "stages": [row, ...]}``;
+  a row is ``stage`` (1-based), ``xi``, ``nonzero_params``, ``live_ranks``, ``ranks``, ``train`` and ``dev`` (task
+  metrics), ``revived`` (more non-zero parameters than the stage before: pruned ranks can come back) and ``seconds``
+  (the stage's training time);
+- ``schedule.csv`` (one line per row, metrics as ``train_<name>`` / ``dev_<name>``) and ``curves.png``;
+- ``adapters/stage_K/``: stage K's pruned adapter, in ``sora train``'s format (``sora eval --adapter`` reads it);
+- ``state/stage_K/``: the unpruned model and its optimizer after stage K (safetensors), for ``resume``;
+- ``run_config.json`` and ``train_log.jsonl`` as ``sora train`` writes them (every log row names its ``stage``).
+
+All of them are rewritten atomically after every stage, so an interrupted schedule leaves complete files for the
+stages it finished; ``schedule.json`` is written last and is what ``resume`` trusts.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import transformers
+from transformers import DataCollatorWithPadding, get_constant_schedule_with_warmup
+
+from . import _io
+from .analysis import plot_schedule_curves, read_train_log
+from .data import subsample
+from .errors import SoraError
+from .model import count_parameters, gate_ranks, load_sora, save_sora
+from .optim import SoraOptimizer
+from .prune import prune
+from .train import (
+    RUN_MARKER,
+    TrainConfig,
+    _export,
+    _load_inputs,
+    _prepare_output,
+    _score,
+    _SoraTrainer,
+    _StepHooks,
+    _training_args,
+    build,
+    load_classifier,
+)
+
+SCHEDULE_FILE = "schedule.json"
+
+# The authors' three ways from xi_1 = a to xi_n = b (their optimizer's ``lambda_schedule``).
+_SCHEDULES: dict[str, Callable[[float, float, int], np.ndarray]] = {
+    "linear": lambda a, b, n: np.linspace(a, b, n),
+    "log_linear": lambda a, b, n: np.log(np.linspace(np.exp(a), np.exp(b), n)),
+    "exp_linear": lambda a, b, n: np.exp(np.linspace(np.log(a), np.log(b), n)),
+}
+KINDS = tuple(_SCHEDULES)
+
+
+def xi_values(kind: str, start: float, end: float | None, n: int) -> list[float]:
+    """The ``n`` sparsity strengths of Algorithm 1 from ``start`` to ``end``, built as in the authors' code.
+
+    ``linear``: ``linspace(start, end, n)``; ``log_linear``: ``log(linspace(exp(start), exp(end), n))``;
+    ``exp_linear``: ``exp(linspace(log(start), log(end), n))`` (geometric, so ``start`` must be > 0).
+    """
+    if kind not in _SCHEDULES:
+        raise SoraError(f"unknown xi schedule {kind!r}; known schedules: {', '.join(KINDS)}")
+    if end is None:
+        raise SoraError(f"the {kind} xi schedule needs its last value (--xi-max)")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SoraError(f"the number of stages must be an integer >= 1, got {n!r}")
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end):
+        raise SoraError(f"an xi schedule needs finite 0 <= start <= end, got start={start!r}, end={end!r}")
+    if kind == "exp_linear" and start == 0:
+        raise SoraError("the exp_linear xi schedule is geometric: its start must be > 0")
+    values = _values(kind, float(start), float(end), n)
+    if not np.isfinite(values).all():
+        raise SoraError(f"the {kind} xi schedule from {start!r} to {end!r} overflows (exp of the end)")
+    return [float(v) for v in values]
+
+
+def _values(kind: str, start: float, end: float, n: int) -> np.ndarray:
+    """The raw schedule; an overflow (exp of a large end) comes out as inf or nan for the caller to judge."""
+    with np.errstate(all="ignore"):
+        return _SCHEDULES[kind](start, end, n)
+
+
+def _schedule_name(xis: list[float]) -> str:
+    """The first schedule kind that reproduces ``xis`` from their ends (to 1e-9), else ``"list"``."""
+    for kind in KINDS:
+        if np.allclose(_values(kind, xis[0], xis[-1], len(xis)), xis, rtol=1e-9, atol=0):
+            return kind
+    return "list"
+
+
+def run_schedule(
+    cfg: TrainConfig, xis: list[float], epochs_per_stage: float, resume: bool = False
+) -> list[dict[str, Any]]:
+    """Algorithm 1: train SoRA for ``epochs_per_stage`` epochs at each xi in turn; returns ``schedule.json``'s rows.
+
+    Stage 1 trains at ``xis[0]``; every later stage goes on with the same model and optimizer (Adam moments, step
+    counts, gates) at the next xi (``SoraOptimizer.set_xi``). ``cfg`` is a SoRA ``TrainConfig``; its ``xi`` and
+    ``epochs`` are replaced by ``xis`` and ``epochs_per_stage``. A stage ends with its last step (no best-checkpoint
+    selection: the paper records each stage's end); a stage that prunes every rank stops the schedule (SoraError).
+    ``schedule.json`` names the schedule by the kind of :func:`xi_values` that reproduces ``xis``, else ``"list"``.
+
+    Learning rate: one schedule over all stages, a linear warmup over ``cfg.warmup_ratio`` of all the steps, then
+    constant. The authors' code continues training with the same optimizer; a constant rate also keeps the paper's
+    threshold ``tau = xi * lr_t`` proportional to xi, so each stage differs from the last only by its xi (a decaying
+    rate would weaken the late, large xis).
+
+    Resume: with ``resume=True`` on this schedule's unfinished folder (same ``cfg``, ``xis`` and
+    ``epochs_per_stage``), the finished stages' rows are kept and training continues from the model and optimizer
+    saved after the last finished stage; a stage that was interrupted is redone from its start. Every stage's
+    Trainer seeds all RNGs with ``cfg.seed + stage`` (data order, dropout) and the learning rate depends on the
+    global step alone, while the saved state is bit-exact (float32 safetensors): so a resumed schedule ends with the
+    same gates and rows (``seconds`` aside) as an uninterrupted one on the same machine and software.
+    """
+    if cfg.method != "sora":
+        raise SoraError(f"the sparsifying scheduler trains SoRA, not method {cfg.method!r}")
+    xis = _check_xis(xis)
+    if not (isinstance(epochs_per_stage, int | float) and math.isfinite(epochs_per_stage) and epochs_per_stage > 0):
+        raise SoraError(f"epochs_per_stage must be > 0, got {epochs_per_stage!r}")
+    out = _prepare_output(cfg, resume)
+    rows = _finished_rows(out, xis, epochs_per_stage) if resume else []
+    if len(rows) == len(xis):
+        return rows
+    transformers.set_seed(cfg.seed)
+    data, tokenizer, train_set, dev = _load_inputs(cfg)
+    train_eval = subsample(train_set, cfg.max_eval_samples, cfg.seed)
+    model = load_classifier(cfg.model, data.spec, tokenizer)
+    steps = math.ceil(math.ceil(len(train_set) / cfg.batch_size) * epochs_per_stage)
+    if rows:  # the saved param groups restore every hyperparameter (lr, xi, threshold, ...): only the grouping matters
+        model, optimizer = load_sora(model, _state_dir(out, len(rows)), lambda m: SoraOptimizer(m, lr=cfg.lr))
+    else:
+        model, optimizer = build(cfg, model, steps * len(xis))
+    schedule = {
+        "task": cfg.task,
+        "schedule": _schedule_name(xis),
+        "primary_metric": data.spec.primary_metric,
+        "xis": xis,
+        "epochs_per_stage": epochs_per_stage,
+        "stages": rows,
+    }
+    log = [row for row in read_train_log(out / "train_log.jsonl") if row["stage"] <= len(rows)] if rows else []
+    if not rows:
+        _io.write_json(out / RUN_MARKER, asdict(cfg))
+        _io.write_json(out / SCHEDULE_FILE, schedule)
+
+    for stage, xi in enumerate(xis[len(rows) :], start=len(rows) + 1):
+        optimizer.set_xi(xi)
+        args = _training_args(
+            cfg,
+            out / "state",
+            data.spec,
+            evaluate=False,
+            num_train_epochs=epochs_per_stage,
+            max_steps=steps,
+            seed=cfg.seed + stage,
+            save_strategy="no",
+        )
+        warmup = args.get_warmup_steps(steps * len(xis))
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup, last_epoch=(stage - 1) * steps - 1)
+        trainer = _SoraTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            processing_class=tokenizer,
+            optimizers=(optimizer, scheduler),
+            callbacks=[_StepHooks(model, cfg.method)],
+        )
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        ranks = gate_ranks(model)
+        if not any(ranks.values()):
+            raise SoraError(
+                f"stage {stage} (xi={xi:g}) pruned every rank, so it has no adapter: the schedule stops here "
+                f"({out} keeps the {stage - 1} finished stages); use smaller xis"
+            )
+        save_sora(model, _state_dir(out, stage), optimizer)
+        pruned = prune(copy.deepcopy(model))  # prune consumes its input; training goes on with `model`
+        _export(pruned, tokenizer, data, cfg, out / "adapters" / f"stage_{stage}")
+        batch = cfg.batch_size * 2
+        dev_scores: dict[str, float] = {}
+        for split, dataset in dev.items():
+            dev_scores.update(_score(pruned, tokenizer, data.spec, dataset, split, batch))
+        nonzero = count_parameters(model)["nonzero"]
+        revived = bool(rows) and nonzero > rows[-1]["nonzero_params"]
+        rows.append(  # rows is schedule["stages"]
+            {
+                "stage": stage,
+                "xi": xi,
+                "nonzero_params": nonzero,
+                "live_ranks": sum(ranks.values()),
+                "ranks": ranks,
+                "train": _score(pruned, tokenizer, data.spec, train_eval, "train", batch),
+                "dev": dev_scores,
+                "revived": revived,
+                "seconds": round(seconds, 3),
+            }
+        )
+        del pruned
+        log.extend({"stage": stage, **row} for row in trainer.state.log_history)
+        _write_outputs(out, schedule, log)
+    return rows
+
+
+def _check_xis(xis: list[float]) -> list[float]:
+    """``xis`` as floats: at least one, each finite and >= 0 (a falling xi is allowed: gates may then revive)."""
+    if not len(xis):
+        raise SoraError("the sparsifying scheduler needs at least one xi")
+    for stage, xi in enumerate(xis, start=1):
+        if isinstance(xi, bool) or not isinstance(xi, int | float) or not (math.isfinite(xi) and xi >= 0):
+            raise SoraError(f"the xi of stage {stage} must be a finite number >= 0, got {xi!r}")
+    return [float(xi) for xi in xis]
+
+
+def _state_dir(out: Path, stage: int) -> Path:
+    return out / "state" / f"stage_{stage}"
+
+
+def _finished_rows(out: Path, xis: list[float], epochs_per_stage: float) -> list[dict[str, Any]]:
+    """The rows of the stages this folder's schedule finished; it must be the same schedule (xis, epochs)."""
+    path = out / SCHEDULE_FILE
+    if not path.is_file():
+        if (out / RUN_MARKER).is_file():
+            raise SoraError(f"{out} holds a `sora train` run, not a schedule: choose another --output-dir")
+        return []
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SoraError(f"{path} is corrupt: cannot resume this schedule") from None
+    if saved.get("xis") != xis or saved.get("epochs_per_stage") != epochs_per_stage:
+        raise SoraError(
+            f"--resume with another schedule than the one in {out}: it has xis {saved.get('xis')} and "
+            f"{saved.get('epochs_per_stage')} epochs per stage"
+        )
+    return saved["stages"]
+
+
+def _write_outputs(out: Path, schedule: dict[str, Any], log: list[dict[str, Any]]) -> None:
+    """Rewrite every file of the schedule; ``schedule.json`` last, so its rows imply complete stage files."""
+    _io.write_text(out / "train_log.jsonl", "".join(json.dumps(row) + "\n" for row in log))
+    _io.write_text(out / "schedule.csv", _csv(schedule["stages"]))
+    plot_schedule_curves(schedule, out / "curves.png")
+    _io.write_json(out / SCHEDULE_FILE, schedule)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    """A CSV line per stage: stage, xi, nonzero_params, live_ranks, train_*, dev_*, revived, seconds."""
+    table = [
+        {
+            "stage": row["stage"],
+            "xi": row["xi"],
+            "nonzero_params": row["nonzero_params"],
+            "live_ranks": row["live_ranks"],
+            **{f"train_{k}": v for k, v in row["train"].items()},
+            **{f"dev_{k}": v for k, v in row["dev"].items()},
+            "revived": row["revived"],
+            "seconds": row["seconds"],
+        }
+        for row in rows
+    ]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    return buffer.getvalue()

