@@ -241,3 +241,19 @@ def test_config_validation():
     with pytest.raises(SoraError, match="lr must be > 0"):
         TrainConfig(task="rte", output_dir="x", lr=0)
     assert train  # the Python API is the CLI's
+
+
+def test_ranks_and_report_commands_on_real_runs(runs, tmp_path, capsys):
+    out, metrics = runs["sora"]
+    assert main(["ranks", str(out)]) == 0
+    sparsity = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["layer_sparsity"]
+    assert set(sparsity) == {str(i) for i in range(6)}
+    dead = 1 - sum(metrics["ranks"].values()) / (36 * 4)
+    assert sum(sparsity.values()) / 6 == pytest.approx(dead)
+    assert (out / "layer_sparsity.png").is_file() and (out / "ranks.png").is_file()
+    report = tmp_path / "report.html"
+    assert main(["report", *(str(runs[m][0]) for m in ("sora", "lora", "adalora")), "--output", str(report)]) == 0
+    html = report.read_text()
+    assert f"{metrics['nonzero_params']:,}" in html and "data:image/png;base64," in html
+    assert (tmp_path / "report.md").is_file()
+    assert main(["ranks", str(runs["full"][0])]) == 2

@@ -450,18 +450,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         model = prune(model)
     nonzero = nonzero_params(model, cfg.method)
     adapter = _export(model, tokenizer, data, cfg, out / "adapter")
-    scores = {}
-    for split in data.validation_splits:  # score the exported files, so `sora eval` reproduces these numbers
-        scores.update(
-            evaluate_adapter(
-                adapter,
-                data=data,
-                split=split,
-                batch_size=cfg.batch_size * 2,
-                max_eval_samples=cfg.max_eval_samples,
-                seed=cfg.seed,
-            )
-        )
+    # score the exported files on every dev split, so `sora eval` reproduces these numbers
+    scores = evaluate_adapter(
+        adapter, data=data, batch_size=cfg.batch_size * 2, max_eval_samples=cfg.max_eval_samples, seed=cfg.seed
+    )
     _write_ranks(out, ranks, _max_rank(cfg), cfg.method)
     metrics = {
         "task": cfg.task,
@@ -536,7 +528,6 @@ def evaluate_adapter(
     task: str | None = None,
     data: TaskData | None = None,
     data_dir: str | None = None,
-    split: str | None = None,
     batch_size: int = 64,
     max_eval_samples: int | None = None,
     seed: int = 42,
@@ -554,9 +545,8 @@ def evaluate_adapter(
             raise SoraError("evaluating a custom-task adapter needs the data: use sora.train.evaluate_adapter(data=)")
         data = load_task(spec.name, data_dir)
     encoded = tokenize(data, tokenizer, info["max_seq_length"])
-    splits = [split] if split else list(data.validation_splits)
     scores: dict[str, float] = {}
-    for name in splits:
+    for name in data.validation_splits:
         dataset = subsample(encoded[name], max_eval_samples, seed)
         scores.update(_score(model, tokenizer, spec, dataset, name, batch_size))
     return scores
