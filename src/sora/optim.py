@@ -80,6 +80,7 @@ class SoraOptimizer(torch.optim.AdamW):
                 "xi": float(xi),
                 "gate_update": gate_update,
                 "threshold": threshold,
+                "foreach": True,  # Adam over all gates in one multi-tensor kernel, not a loop per module
             }
         )
         super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
