@@ -38,14 +38,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation-file", default=None, help="custom task: CSV or JSONL")
     p.add_argument("--text-columns", default=None, help="custom task: a or a,b")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--r", type=int, default=8, help="r_max (SoRA), r (LoRA), target r (AdaLoRA)")
+    p.add_argument("--r", "--lora-r", dest="r", type=int, default=8, help="r_max (SoRA), r (LoRA), target r (AdaLoRA)")
     p.add_argument("--lora-alpha", type=float, default=16)
     p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--xi", type=float, default=1e-4, help="SoRA sparsity strength")
+    p.add_argument("--xi", type=float, default=5e-3, help="SoRA sparsity strength (see BENCHMARKS.md)")
     p.add_argument("--gate-lr", type=float, default=None, help="SoRA gate learning rate (default: --lr)")
     p.add_argument("--gate-update", default="adamw", choices=("adamw", "sgd"))
-    p.add_argument("--threshold", default="paper", choices=("paper", "constant"))
-    p.add_argument("--gate-init", type=_float_or_str, default=1.0, help="a number, or randn")
+    p.add_argument("--threshold", default="constant", choices=("paper", "constant"))
+    p.add_argument("--gate-init", type=_float_or_str, default="randn", help="a number, or randn")
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sora: interrupted", file=sys.stderr)
         return 130
-    except (OSError, RuntimeError, ValueError) as e:  # an unforeseen failure: still one line, and its kind
+    except Exception as e:  # an unforeseen failure: still one line, and its kind
         print(
             f"sora: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
             file=sys.stderr,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -22,6 +24,7 @@ import torch
 import transformers
 from datasets import Dataset
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -31,7 +34,6 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import _io
 from .config import SoraConfig
@@ -73,11 +75,14 @@ class TrainConfig:
     r: int = 8
     lora_alpha: float = 16
     lora_dropout: float = 0.0
-    xi: float = 1e-4
+    # SoRA's gate defaults: the authors' update (AdamW gate step, constant threshold tau = xi, gates ~ N(0, 1)) with
+    # a xi that prunes about a quarter to a half of the ranks in a 64-128 step run (BENCHMARKS.md, "what was tried").
+    # The pruned share grows with xi x steps: runs of many hundreds of steps need a smaller xi (below gate_lr).
+    xi: float = 5e-3
     gate_lr: float | None = None
     gate_update: str = "adamw"
-    threshold: str = "paper"
-    gate_init: float | str = 1.0
+    threshold: str = "constant"
+    gate_init: float | str = "randn"
     lr: float | None = None
     epochs: float = 3.0
     batch_size: int = 32
@@ -267,8 +272,54 @@ class _SoraTrainer(Trainer):
 
 
 def _last_checkpoint_text(checkpoints: str) -> str:
-    last = get_last_checkpoint(checkpoints) if Path(checkpoints).is_dir() else None
+    last = _last_complete_checkpoint(Path(checkpoints))
     return f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _checkpoint_is_complete(folder: Path) -> bool:
+    """Whether the Trainer finished writing the checkpoint ``folder``.
+
+    ``Trainer._save_checkpoint`` writes the weights, optimizer, scheduler and RNG state first and
+    ``trainer_state.json`` last, so a kill mid-save leaves no readable trainer state (or unreadable weights).
+    """
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights or not (folder / "optimizer.pt").is_file():
+        return False
+    for path in weights:
+        try:
+            with safe_open(str(path), "pt"):  # reads the header: a truncated file fails here
+                pass
+        except (SafetensorError, OSError):
+            return False
+    return True
+
+
+def _last_complete_checkpoint(checkpoints: Path, remove_incomplete: bool = False) -> str | None:
+    """The newest complete ``checkpoint-N`` folder in ``checkpoints``, or None.
+
+    With ``remove_incomplete`` the incomplete ones (left by a kill during a save or a rotation) are deleted, so the
+    resumed Trainer neither rotates nor overwrites half-written folders.
+    """
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(
+        ((int(m.group(1)), p) for p in checkpoints.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))),
+        reverse=True,
+    )
+    last = None
+    for _, folder in found:
+        if _checkpoint_is_complete(folder):
+            last = last or str(folder)
+        elif remove_incomplete:
+            shutil.rmtree(folder, ignore_errors=True)
+    return last
 
 
 class _StepHooks(TrainerCallback):
@@ -332,6 +383,9 @@ def _training_args(
         max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps,
         logging_nan_inf_filter=False,
+        # The classifiers' losses are batch means that ignore num_items_in_batch; left True, the Trainer would scale
+        # the loss (and the gradient) by the number of processes under DDP.
+        average_tokens_across_devices=False,
         save_total_limit=2,
         seed=cfg.seed,
         report_to=cfg.report_to,
@@ -406,20 +460,32 @@ def _load_inputs(cfg: TrainConfig) -> tuple[TaskData, Any, Dataset, dict[str, Da
     return data, tokenizer, train_set, dev
 
 
+def _is_main_process() -> bool:
+    """Global rank 0, or not distributed (torchrun and ``accelerate launch`` set ``RANK``)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run ``cfg`` end to end and return what ``metrics.json`` holds."""
-    out = _prepare_output(cfg, resume)
+    """Run ``cfg`` end to end and return what ``metrics.json`` holds.
+
+    Under torchrun / ``accelerate launch`` every process trains (DDP) and scores; only global rank 0 checks and
+    writes the run folder.
+    """
+    main = _is_main_process()
+    out = _prepare_output(cfg, resume) if main else Path(cfg.output_dir)
     transformers.set_seed(cfg.seed)
     data, tokenizer, train_set, dev = _load_inputs(cfg)
     model = load_classifier(cfg.model, data.spec, tokenizer)
 
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # the per-device batch is cfg.batch_size
+    steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world_size))
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
     model, optimizer = build(cfg, model, total_steps)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _io.write_json(out / RUN_MARKER, asdict(cfg))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _io.write_json(out / RUN_MARKER, asdict(cfg))
     checkpoints = out / "checkpoints"
     main_split = data.validation_splits[0]
     args = _training_args(cfg, checkpoints, data.spec, evaluate=True)
@@ -435,12 +501,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         optimizers=(optimizer, None),
         callbacks=[hooks],
     )
-    last = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.is_dir() else None
+    last = _last_complete_checkpoint(checkpoints, remove_incomplete=main) if resume else None
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
     train_seconds = time.perf_counter() - started
     history = trainer.state.log_history
-    _io.write_text(out / "train_log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    if main:
+        _io.write_text(out / "train_log.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     eval_rows = [row for row in history if f"eval_{data.spec.primary_metric}" in row]
     eval_final = _strip_eval(eval_rows[-1]) if eval_rows else {}
 
@@ -449,12 +516,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if cfg.method == "sora":
         model = prune(model)
     nonzero = nonzero_params(model, cfg.method)
-    adapter = _export(model, tokenizer, data, cfg, out / "adapter")
+    adapter = _export(model, tokenizer, data, cfg, out / "adapter") if main else out / "adapter"
+    trainer.accelerator.wait_for_everyone()  # every process scores the exported files (a distributed predict)
     # score the exported files on every dev split, so `sora eval` reproduces these numbers
     scores = evaluate_adapter(
         adapter, data=data, batch_size=cfg.batch_size * 2, max_eval_samples=cfg.max_eval_samples, seed=cfg.seed
     )
-    _write_ranks(out, ranks, _max_rank(cfg), cfg.method)
     metrics = {
         "task": cfg.task,
         "method": cfg.method,
@@ -472,7 +539,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         "train_samples": len(train_set),
         "best_checkpoint": trainer.state.best_model_checkpoint,
     }
-    _io.write_json(out / "metrics.json", metrics)
+    if main:
+        _write_ranks(out, ranks, _max_rank(cfg), cfg.method)
+        _io.write_json(out / "metrics.json", metrics)
     return metrics
 
 
@@ -509,7 +578,10 @@ def _load_exported(adapter: Path, model_name: str | None) -> tuple[torch.nn.Modu
     try:
         model = PeftModel.from_pretrained(base, str(adapter))
     except (RuntimeError, ValueError, KeyError, OSError) as e:
-        raise SoraError(f"{adapter}: the adapter does not fit model {base_name!r}: {_first_line(e)}") from None
+        # torch's load_state_dict error opens with a bare heading; its first "size mismatch" line names the tensor
+        lines = [line.strip() for line in str(e).splitlines() if line.strip().startswith("size mismatch")]
+        detail = lines[0] if lines else _first_line(e)
+        raise SoraError(f"{adapter}: the adapter does not fit model {base_name!r}: {detail}") from None
     return model, tokenizer, spec, info
 
 
