@@ -165,7 +165,7 @@ CLI_ROWS: list[tuple[str, Callable[[Env], list[str]], str | tuple[str, ...]]] = 
     ("xi-negative", lambda e: e.rte("--xi", "-0.1"), "xi must be a finite number >= 0, got -0.1"),
     ("lr-zero", lambda e: e.rte("--lr", "0"), "lr must be > 0, got 0.0"),
     ("lr-negative", lambda e: e.rte("--lr", "-0.001"), "lr must be > 0, got -0.001"),
-    ("r-not-a-number", lambda e: e.rte("--r", "four"), "argument --r: invalid int value: 'four'"),
+    ("r-not-a-number", lambda e: e.rte("--r", "four"), "argument --r/--lora-r: invalid int value: 'four'"),
     (
         "max-train-samples-negative",
         lambda e: e.rte("--max-train-samples", "-5"),
