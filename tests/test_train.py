@@ -186,6 +186,12 @@ def test_custom_csv_with_string_labels(tmp_path):
     assert "accuracy" in metrics["eval"]
     info = json.loads((out / "adapter" / "sora_task.json").read_text())
     assert info["spec"]["label_names"] == ["neg", "pos"]
+    # eval on a file that holds one class only: the ids still follow the training label set
+    (tmp_path / "pos.csv").write_text("text,label\nloved it,pos\nwonderful,pos\n")
+    assert evaluate_adapter(out / "adapter", validation_file=str(tmp_path / "dev.csv")) == metrics["eval"]
+    assert main(["eval", "--adapter", str(out / "adapter"), "--validation-file", str(tmp_path / "pos.csv")]) == 0
+    with pytest.raises(SoraError, match="pass its --validation-file"):
+        evaluate_adapter(out / "adapter")
 
 
 def test_failures_are_one_line_and_leave_no_output(tmp_path, glue_dir, capsys):

@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", required=True)
     ev.add_argument("--task", default=None)
     ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--validation-file", default=None, help="custom-task adapters: the CSV/JSONL dev file")
     ev.add_argument("--model", default=None, help="the base model (default: the one the adapter names)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--max-eval-samples", type=int, default=None)
@@ -133,6 +134,7 @@ def _run(argv: list[str]) -> int:
             args.adapter,
             task=args.task,
             data_dir=args.data_dir,
+            validation_file=args.validation_file,
             batch_size=args.batch_size,
             max_eval_samples=args.max_eval_samples,
             seed=args.seed,

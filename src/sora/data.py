@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,17 @@ def load_task(
     return TaskData(spec, DatasetDict(splits))
 
 
+def load_validation(spec: TaskSpec, validation_file: str | Path) -> TaskData:
+    """A dev file scored with a known task's label set: ``sora eval`` of a custom-task adapter.
+
+    The file has the spec's text and label columns; a label outside ``spec.label_names`` is a SoraError.
+    """
+    path = Path(validation_file)
+    texts, labels = _read_file(path, spec.text_columns, spec.label_column)
+    dataset = _dataset(texts, _encode_labels(path, labels, spec.label_names), spec.is_regression)
+    return TaskData(replace(spec, validation_splits=("validation",)), DatasetDict({"validation": dataset}))
+
+
 def tokenize(data: TaskData, tokenizer: Any, max_seq_length: int) -> DatasetDict:
     """Tokenize every split, truncated to ``max_seq_length`` and unpadded (pad per batch with a collator).
 
@@ -191,7 +202,8 @@ def tokenize(data: TaskData, tokenizer: Any, max_seq_length: int) -> DatasetDict
     """
     if max_seq_length < 1:
         raise SoraError(f"max_seq_length must be positive, got {max_seq_length}")
-    text_keys = [key for key in _TEXT_KEYS if key in data.splits["train"].column_names]
+    columns = next(iter(data.splits.values())).column_names
+    text_keys = [key for key in _TEXT_KEYS if key in columns]
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         return tokenizer(*(batch[key] for key in text_keys), truncation=True, max_length=max_seq_length)

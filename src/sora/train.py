@@ -37,7 +37,7 @@ from transformers import (
 
 from . import _io
 from .config import SoraConfig
-from .data import TaskData, TaskSpec, load_task, subsample, tokenize
+from .data import TaskData, TaskSpec, load_task, load_validation, subsample, tokenize
 from .errors import SoraError
 from .layer import gates
 from .metrics import compute_metrics
@@ -600,12 +600,16 @@ def evaluate_adapter(
     task: str | None = None,
     data: TaskData | None = None,
     data_dir: str | None = None,
+    validation_file: str | None = None,
     batch_size: int = 64,
     max_eval_samples: int | None = None,
     seed: int = 42,
     model_name: str | None = None,
 ) -> dict[str, float]:
-    """Score an exported adapter (or full model) on a dev split with the GLUE metric; MNLI: both dev splits."""
+    """Score an exported adapter (or full model) on its task's dev set with the GLUE metric; MNLI: both dev splits.
+
+    A custom-task adapter is scored on ``validation_file`` with the label set it was trained with.
+    """
     adapter = Path(adapter)
     if not adapter.is_dir():
         raise SoraError(f"{adapter}: no such adapter folder")
@@ -614,8 +618,11 @@ def evaluate_adapter(
         if task not in (None, spec.name):
             raise SoraError(f"{adapter} was trained on task {spec.name!r}, not {task!r}")
         if spec.name == "custom":
-            raise SoraError("evaluating a custom-task adapter needs the data: use sora.train.evaluate_adapter(data=)")
-        data = load_task(spec.name, data_dir)
+            if validation_file is None:
+                raise SoraError(f"{adapter} was trained on custom data: pass its --validation-file")
+            data = load_validation(spec, validation_file)
+        else:
+            data = load_task(spec.name, data_dir)
     encoded = tokenize(data, tokenizer, info["max_seq_length"])
     scores: dict[str, float] = {}
     for name in data.validation_splits:
