@@ -15,6 +15,10 @@ from .errors import SoraError
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)  # --help shows defaults
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, not usage + message
         raise SoraError(f"{self.prog}: {message}")
 
@@ -27,39 +31,43 @@ def _float_or_str(value: str) -> float | str:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .train import DEFAULT_LR, METHODS
+    from .train import DEFAULT_LR, METHODS, TrainConfig
+
+    d = {f.name: f.default for f in fields(TrainConfig)}  # one source of defaults: TrainConfig
 
     p.add_argument("--task", required=True, help="cola sst2 mrpc qqp stsb mnli qnli rte wnli, or custom")
     p.add_argument("--output-dir", required=True, help="the run folder (new, empty, or this run's own with --resume)")
-    p.add_argument("--method", default="sora", choices=METHODS)
+    p.add_argument("--method", default=d["method"], choices=METHODS)
     p.add_argument("--model", default=None, help="local folder or hub name (default: the embedded MiniLM-L6)")
     p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs (default: $GLUE_DIR, else the hub)")
     p.add_argument("--train-file", default=None, help="custom task: CSV or JSONL")
     p.add_argument("--validation-file", default=None, help="custom task: CSV or JSONL")
     p.add_argument("--text-columns", default=None, help="custom task: a or a,b")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--r", "--lora-r", dest="r", type=int, default=8, help="r_max (SoRA), r (LoRA), target r (AdaLoRA)")
-    p.add_argument("--lora-alpha", type=float, default=16)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--xi", type=float, default=5e-3, help="SoRA sparsity strength (see BENCHMARKS.md)")
+    p.add_argument("--label-column", default=d["label_column"])
+    p.add_argument(
+        "--r", "--lora-r", dest="r", type=int, default=d["r"], help="r_max (SoRA), r (LoRA), target r (AdaLoRA)"
+    )
+    p.add_argument("--lora-alpha", type=float, default=d["lora_alpha"])
+    p.add_argument("--lora-dropout", type=float, default=d["lora_dropout"])
+    p.add_argument("--xi", type=float, default=d["xi"], help="SoRA sparsity strength (see BENCHMARKS.md)")
     p.add_argument("--gate-lr", type=float, default=None, help="SoRA gate learning rate (default: --lr)")
-    p.add_argument("--gate-update", default="adamw", choices=("adamw", "sgd"))
-    p.add_argument("--threshold", default="constant", choices=("paper", "constant"))
-    p.add_argument("--gate-init", type=_float_or_str, default="randn", help="a number, or randn")
+    p.add_argument("--gate-update", default=d["gate_update"], choices=("adamw", "sgd"))
+    p.add_argument("--threshold", default=d["threshold"], choices=("paper", "constant"))
+    p.add_argument("--gate-init", type=_float_or_str, default=d["gate_init"], help="a number, or randn")
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--warmup-ratio", type=float, default=0.06)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--epochs", type=float, default=d["epochs"])
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--max-seq-length", type=int, default=d["max_seq_length"])
+    p.add_argument("--warmup-ratio", type=float, default=d["warmup_ratio"])
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"])
+    p.add_argument("--max-grad-norm", type=float, default=d["max_grad_norm"])
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--max-eval-samples", type=int, default=None)
     p.add_argument("--eval-steps", type=int, default=None, help="default: evaluate every epoch")
     p.add_argument("--save-steps", type=int, default=None, help="default: a checkpoint every epoch")
-    p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument("--report-to", default="none", help="the Trainer's reporters: none, tensorboard, wandb, all")
+    p.add_argument("--logging-steps", type=int, default=d["logging_steps"])
+    p.add_argument("--report-to", default=d["report_to"], help="the Trainer's reporters: none, tensorboard, wandb, all")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
