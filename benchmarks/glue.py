@@ -1,0 +1,551 @@
+"""GLUE experiments of the SoRA paper (Ding et al. 2023) at CPU scale, on the embedded MiniLM-L6: a resumable runner.
+
+One run is one ``sora train`` (called in-process: ``sora.train.train``) and one result file
+``benchmarks/results/glue/<experiment>/<task>_<method>_r<r>_seed<seed>[_trial<k>].json``: the run's ``metrics.json``
+plus ``command``, the exact ``sora train`` command line that reproduces it. A run whose JSON exists is skipped, so an
+interrupted invocation is continued by running the same command again. Run folders (checkpoints, adapters) go to a
+scratch folder outside the repository (``--scratch``, default ``/tmp/sora-bench``); only the JSON results are kept.
+Several invocations may run at once (e.g. two single-threaded workers on a 2-core machine): each run is claimed
+with a lock file in the scratch folder, so no run is done twice.
+
+Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them in order of value):
+
+- ``xigrid``: SoRA gate settings (threshold rule, xi, gate init, gate lr) on MRPC at the Table 1 size, plus LoRA;
+- ``hpsearch``: the learning-rate search, the same budget for every method: ``LR_TRIALS`` on ``HP_TASK``, seed 0;
+- ``table1``: 5 tasks x 5 methods at the best learning rate of each method (``--seeds``);
+- ``table2``: SoRA r_max vs LoRA r in ``RANKS`` on ``TABLE2_TASKS`` (seed 0);
+- ``speed``: Table 4, seconds per epoch of LoRA, AdaLoRA and SoRA, interleaved run by run in one invocation;
+- ``schedule``: the sparsifying scheduler (Figure 3) on ``SCHEDULE_TASKS``.
+
+``--stop-at HH:MM`` (UTC) launches no new run after that time. ``benchmarks/build_report.py`` turns the results into
+``BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "glue"
+DEFAULT_SCRATCH = "/tmp/sora-bench"
+DEFAULT_DATA_DIR = os.environ.get("GLUE_DIR", "/work/shared/data/glue")
+
+TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
+METHODS = ("full", "bitfit", "lora", "adalora", "sora")
+# Training subsets (the first seeded sample of the train split; dev sets are always complete). Sized so that the
+# whole Table 1 fits a 2-core CPU shared with other jobs: short-sentence tasks get more samples.
+TRAIN_SAMPLES = {"cola": 1024, "sst2": 1024, "mrpc": 512, "stsb": 512, "rte": 512}
+NEVER = 1_000_000  # eval/save steps beyond the run: no per-epoch dev evaluation, the final model is scored
+COMMON: dict[str, Any] = {
+    "epochs": 2.0,
+    "batch_size": 16,
+    "max_seq_length": 64,
+    "eval_steps": NEVER,
+    "save_steps": NEVER,
+    "logging_steps": 4,
+}
+RANK = 8
+
+# The learning-rate search: 2 trials per method, on one task, seed 0; the best dev score wins (ties: the first).
+HP_TASK = "sst2"
+# Runs are short (64-128 steps), so the trials sit above the usual long-run GLUE rates.
+LR_TRIALS = {
+    "full": (5e-5, 2e-4),
+    "bitfit": (2e-3, 1e-2),
+    "lora": (1e-3, 4e-3),
+    "adalora": (1e-3, 4e-3),
+    "sora": (1e-3, 4e-3),
+}
+
+# SoRA's gate settings for hpsearch, Table 1/2/4 and the schedule: chosen from the xigrid results and written,
+# with the reason, to this file (see BENCHMARKS.md, "what was tried"); SoRA runs wait until it exists.
+SORA_SETTINGS_FILE = RESULTS / "sora_settings.json"
+
+# The xi investigation: MRPC at the Table 1 size, seed 0, lr 1e-3; LoRA as the reference.
+XIGRID_TASK = "mrpc"
+XIGRID: list[tuple[str, dict[str, Any]]] = [
+    ("lora", {}),
+    ("sora", {"threshold": "paper", "gate_update": "adamw", "gate_init": 1.0, "xi": 1e-4}),  # the old defaults
+    ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": "randn", "xi": 3e-3}),
+    ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": "randn", "xi": 1e-2}),
+    ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": 1.0, "xi": 2e-2}),
+    ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": 1.0, "xi": 4e-2, "gate_lr": 0.1}),
+    ("sora", {"threshold": "paper", "gate_update": "sgd", "gate_init": 1.0, "xi": 20.0}),
+    ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": "randn", "xi": 1e-2, "gate_lr": 1e-2}),
+    ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": "randn", "xi": 5e-3}),
+    # the values of the authors' GLUE script (sparse_lambda 10, sparse_lambda_2 3e-4), read as gate lr and xi
+    ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": "randn", "xi": 3e-4, "gate_lr": 10.0}),
+]
+
+TABLE2_TASKS = ("mrpc", "stsb", "sst2")  # SST-2 added last: the one task every method learns here
+RANKS = (1, 2, 4, 8, 16)
+SPEED_TASK = "mrpc"
+SPEED_METHODS = ("lora", "adalora", "sora")
+SPEED_ROUNDS = 6
+SPEED_EVAL_SAMPLES = 32  # the speed runs time training steps only; their dev score is not used
+SCHEDULE_TASKS = ("mrpc", "stsb", "cola", "sst2")  # SST-2 added last: the task that learns
+# SST-2 again at lr 1e-3 (the schedule keeps the rate constant after warmup; at Table 1's 4e-3 SST-2 did not learn)
+SCHEDULE_EXTRA = (("sst2", 1e-3),)
+SCHEDULE = {"kind": "linear", "start": 1e-3, "end": 1e-2, "stages": 4, "epochs_per_stage": 1.0}
+
+
+class Budget:
+    """Launch no new run after ``stop_at`` (UTC)."""
+
+    def __init__(self, stop_at: dt.datetime | None) -> None:
+        self.stop_at = stop_at
+
+    def exhausted(self) -> bool:
+        return self.stop_at is not None and dt.datetime.now(dt.UTC) >= self.stop_at
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_name(task: str, method: str, r: int, seed: int, trial: int | None = None) -> str:
+    return f"{task}_{method}_r{r}_seed{seed}" + (f"_trial{trial}" if trial is not None else "")
+
+
+def result_path(experiment: str, name: str) -> Path:
+    return RESULTS / experiment / f"{name}.json"
+
+
+def read_result(experiment: str, name: str) -> dict[str, Any] | None:
+    path = result_path(experiment, name)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sora_settings() -> dict[str, Any] | None:
+    if not SORA_SETTINGS_FILE.is_file():
+        return None
+    return json.loads(SORA_SETTINGS_FILE.read_text(encoding="utf-8"))["settings"]
+
+
+def best_lr(method: str) -> float | None:
+    """The learning rate of ``method``'s best hpsearch trial; None until all its trials exist."""
+    trials = [read_result("hpsearch", run_name(HP_TASK, method, RANK, 0, k)) for k in range(len(LR_TRIALS[method]))]
+    if any(t is None for t in trials):
+        return None
+    scores = [t["eval"][t["primary_metric"]] for t in trials]
+    return LR_TRIALS[method][scores.index(max(scores))]
+
+
+def machine() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def command_line(cfg: Any, threads: int) -> str:
+    """The ``sora train`` command that reproduces ``cfg`` (every setting explicit)."""
+    args = [
+        "sora", "train", "--task", cfg.task, "--method", cfg.method, "--data-dir", cfg.data_dir,
+        "--output-dir", cfg.output_dir, "--r", str(cfg.r), "--lr", f"{cfg.lr:g}", "--epochs", f"{cfg.epochs:g}",
+        "--batch-size", str(cfg.batch_size), "--max-seq-length", str(cfg.max_seq_length), "--seed", str(cfg.seed),
+        "--lora-alpha", f"{cfg.lora_alpha:g}", "--warmup-ratio", f"{cfg.warmup_ratio:g}",
+        "--eval-steps", str(cfg.eval_steps), "--save-steps", str(cfg.save_steps),
+        "--logging-steps", str(cfg.logging_steps),
+    ]  # fmt: skip
+    if cfg.max_train_samples:
+        args += ["--max-train-samples", str(cfg.max_train_samples)]
+    if cfg.max_eval_samples:
+        args += ["--max-eval-samples", str(cfg.max_eval_samples)]
+    if cfg.method == "sora":
+        args += ["--xi", f"{cfg.xi:g}", "--threshold", cfg.threshold, "--gate-update", cfg.gate_update]
+        args += ["--gate-init", str(cfg.gate_init)]
+        if cfg.gate_lr is not None:
+            args += ["--gate-lr", f"{cfg.gate_lr:g}"]
+    return f"OMP_NUM_THREADS={threads} " + shlex.join(args)
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.scratch = Path(args.scratch)
+        self.data_dir = args.data_dir
+        self.budget = Budget(args.stop_at)
+        self.threads = args.threads
+        self.invocation = f"{_now()}-{os.getpid()}"
+        self.ran = 0
+        self.failed: list[str] = []
+        self.failed_names: set[str] = set()
+
+    # -- locking: several workers may share the run list -------------------------------------------------------
+    def _lock(self, experiment: str, name: str) -> Path | None:
+        lock = self.scratch / "locks" / experiment / f"{name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    return None
+                lock.unlink(missing_ok=True)  # a stale lock of a dead worker
+                continue
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return lock
+        return None
+
+    def busy(self, experiment: str, name: str) -> bool:
+        lock = self.scratch / "locks" / experiment / f"{name}.lock"
+        try:
+            return _alive(int(lock.read_text() or 0))
+        except (OSError, ValueError):
+            return False
+
+    # -- one run -------------------------------------------------------------------------------------------------
+    def run(
+        self,
+        experiment: str,
+        task: str,
+        method: str,
+        seed: int,
+        r: int = RANK,
+        trial: int | None = None,
+        extra: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> dict[str, Any] | None:
+        """The result of one run: read if its JSON exists, else trained now (None: not run, budget or busy)."""
+        from sora import _io
+        from sora.train import TrainConfig, train
+
+        name = run_name(task, method, r, seed, trial)
+        if f"{experiment}/{name}" in self.failed_names:
+            return {}  # failed in this invocation: not retried until the next one
+        if experiment == "xigrid" and (RESULTS / experiment / "failed" / f"{name}.json").is_file():
+            return {}  # a grid trial that failed (e.g. pruned every rank) is a result: not retried
+        done = read_result(experiment, name)
+        if done is not None or self.budget.exhausted():
+            return done
+        lock = self._lock(experiment, name)
+        if lock is None:
+            return None
+        try:
+            done = read_result(experiment, name)  # finished by another worker between the check and the lock
+            if done is not None:
+                return done
+            out = self.scratch / experiment / name
+            shutil.rmtree(out, ignore_errors=True)
+            settings = {**COMMON, "max_train_samples": TRAIN_SAMPLES[task], **overrides}
+            cfg = TrainConfig(
+                task=task, output_dir=str(out), method=method, data_dir=self.data_dir, r=r, seed=seed, **settings
+            )
+            print(f"[{_now()}] {experiment}/{name}: start", flush=True)
+            load = os.getloadavg()
+            try:
+                metrics = train(cfg)
+            except Exception as e:  # one failed run must not stop the others; it is retried next invocation
+                traceback.print_exc()
+                self.failed.append(f"{experiment}/{name}: {type(e).__name__}: {e}")
+                self.failed_names.add(f"{experiment}/{name}")
+                failure = {
+                    "error": f"{type(e).__name__}: {e}",
+                    "command": command_line(cfg, self.threads),
+                    "hyperparameters": cfg.hyperparameters(),
+                    "task": task,
+                    "method": method,
+                    "finished": _now(),
+                }
+                _io.write_json(RESULTS / experiment / "failed" / f"{name}.json", failure)
+                return {}
+            result = {
+                **metrics,
+                "experiment": experiment,
+                "command": command_line(cfg, self.threads),
+                "runner": f"python benchmarks/glue.py {experiment}",
+                "invocation": self.invocation,
+                "finished": _now(),
+                "loadavg_start": [round(x, 2) for x in load],
+                "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+                "machine": machine(),
+                **(extra or {}),
+            }
+            _io.write_json(result_path(experiment, name), result)
+            self.ran += 1
+            print(
+                f"[{_now()}] {experiment}/{name}: {metrics['eval']} nonzero={metrics['nonzero_params']} "
+                f"train={metrics['train_seconds']}s",
+                flush=True,
+            )
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            return result
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def copy_result(self, experiment: str, name: str, source: dict[str, Any], source_ref: str) -> dict[str, Any]:
+        from sora import _io
+
+        result = {**source, "experiment": experiment, "reused_from": source_ref}
+        _io.write_json(result_path(experiment, name), result)
+        return result
+
+    # -- experiments -----------------------------------------------------------------------------------------------
+    def xigrid(self) -> bool:
+        complete = True
+        for k, (method, gate) in enumerate(XIGRID):
+            extra = {"xigrid_settings": gate}
+            complete &= self.run("xigrid", XIGRID_TASK, method, 0, trial=k, extra=extra, lr=1e-3, **gate) is not None
+        return complete
+
+    def hpsearch(self) -> bool:
+        complete = True
+        for method in sorted(METHODS, key=lambda m: m == "sora"):  # SoRA last: it waits for sora_settings.json
+            for k, lr in enumerate(LR_TRIALS[method]):
+                gate = sora_settings() if method == "sora" else {}
+                if gate is None:
+                    complete = False
+                    continue
+                complete &= self.run("hpsearch", HP_TASK, method, 0, trial=k, lr=lr, **gate) is not None
+        return complete
+
+    def table_run(self, experiment: str, task: str, method: str, seed: int, r: int = RANK) -> dict[str, Any] | None:
+        lr = best_lr(method)
+        gate = sora_settings() if method == "sora" else {}
+        if lr is None or gate is None:
+            return None
+        name = run_name(task, method, r, seed)
+        if task == HP_TASK and seed == 0 and r == RANK and read_result(experiment, name) is None:
+            k = LR_TRIALS[method].index(lr)
+            trial = read_result("hpsearch", run_name(task, method, r, seed, k))
+            return self.copy_result(experiment, name, trial, f"hpsearch/{run_name(task, method, r, seed, k)}.json")
+        if experiment == "table2" and r == RANK and read_result(experiment, name) is None:
+            source = read_result("table1", name)
+            if source is not None:
+                return self.copy_result(experiment, name, source, f"table1/{name}.json")
+        return self.run(experiment, task, method, seed, r=r, lr=lr, **gate)
+
+    def table1(self, seeds: list[int]) -> bool:
+        complete = True
+        for seed in seeds:
+            for task in TASKS:
+                for method in METHODS:
+                    complete &= self.table_run("table1", task, method, seed) is not None
+        return complete
+
+    def table2(self) -> bool:
+        complete = True
+        for task in TABLE2_TASKS:
+            for r in RANKS:
+                for method in ("sora", "lora"):
+                    complete &= self.table_run("table2", task, method, 0, r=r) is not None
+        return complete
+
+    def speed(self) -> bool:
+        """Table 4: rounds of LoRA, AdaLoRA, SoRA runs (order rotated per round), all in this one invocation.
+
+        One worker does them all (an experiment lock). The runs go to ``speed.partial/`` and replace ``speed/`` only
+        once the whole set is done, so the ratios always come from one invocation and an interrupted invocation
+        leaves the previous complete set in place (its partial set is started over next time).
+        """
+        from sora import _io
+
+        lrs = {m: best_lr(m) or 1e-3 for m in SPEED_METHODS}
+        gate = sora_settings()
+        names = [run_name(SPEED_TASK, m, RANK, 0, k) for k in range(SPEED_ROUNDS) for m in SPEED_METHODS]
+        if all(read_result("speed", n) for n in names) or self.budget.exhausted():
+            return all(read_result("speed", n) for n in names)
+        if gate is None:
+            return False
+        lock = self._lock("speed", "ALL")
+        if lock is None:
+            return True  # another worker does the speed runs
+        try:
+            staging = RESULTS / "speed.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            for k in range(SPEED_ROUNDS):
+                order = SPEED_METHODS[k % 3 :] + SPEED_METHODS[: k % 3]
+                for method in order:
+                    got = self.run(
+                        "speed.partial", SPEED_TASK, method, 0, trial=k, lr=lrs[method], epochs=1.0,
+                        max_eval_samples=SPEED_EVAL_SAMPLES, **(gate if method == "sora" else {}),
+                    )  # fmt: skip
+                    if not got:
+                        return False
+            for path in staging.glob("*.json"):  # the results name the experiment they belong to
+                result = json.loads(path.read_text(encoding="utf-8"))
+                result["experiment"] = "speed"
+                result["runner"] = "python benchmarks/glue.py speed"
+                _io.write_json(path, result)
+            shutil.rmtree(RESULTS / "speed", ignore_errors=True)
+            staging.rename(RESULTS / "speed")
+            return True
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def schedule(self) -> bool:
+        from sora import _io
+        from sora.schedule import run_schedule, xi_values
+        from sora.train import TrainConfig
+
+        complete = True
+        lr = best_lr("sora") or 1e-3
+        gate = sora_settings()
+        if gate is None:
+            return False
+        xis = xi_values(SCHEDULE["kind"], SCHEDULE["start"], SCHEDULE["end"], SCHEDULE["stages"])
+        jobs = [(task, f"{task}_sora_r{RANK}_seed0", lr) for task in SCHEDULE_TASKS]
+        jobs += [(task, f"{task}_sora_r{RANK}_seed0_trial1", extra_lr) for task, extra_lr in SCHEDULE_EXTRA]
+        for task, name, lr in jobs:
+            if read_result("schedule", name) is not None:
+                continue
+            if self.budget.exhausted():
+                complete = False
+                continue
+            lock = self._lock("schedule", name)
+            if lock is None:
+                complete = False
+                continue
+            try:
+                out = self.scratch / "schedule" / name
+                settings = {**COMMON, "max_train_samples": TRAIN_SAMPLES[task], **gate}
+                settings.pop("epochs")
+                cfg = TrainConfig(
+                    task=task, output_dir=str(out), method="sora", data_dir=self.data_dir, seed=0, lr=lr, **settings
+                )
+                resume = (out / "schedule.json").is_file()
+                if out.exists() and not resume:
+                    shutil.rmtree(out)
+                print(f"[{_now()}] schedule/{name}: start", flush=True)
+                error = None
+                try:
+                    run_schedule(cfg, xis, SCHEDULE["epochs_per_stage"], resume=resume)
+                except Exception as e:  # e.g. a stage pruned every rank: the finished stages are still a result
+                    traceback.print_exc()
+                    error = f"{type(e).__name__}: {e}"
+                    if not (out / "schedule.json").is_file() or "pruned every rank" not in error:
+                        self.failed.append(f"schedule/{name}: {error}")
+                        complete = False
+                        continue
+                command = command_line(cfg, self.threads).replace(" train ", " schedule ", 1)
+                command += (
+                    f" --xi-schedule {SCHEDULE['kind']} --xi-start {SCHEDULE['start']:g} --xi-max {SCHEDULE['end']:g}"
+                    f" --stages {SCHEDULE['stages']} --epochs-per-stage {SCHEDULE['epochs_per_stage']:g}"
+                )
+                command = command.replace(" --epochs 3", "")
+                saved = json.loads((out / "schedule.json").read_text(encoding="utf-8"))
+                result = {**saved, "command": command, "runner": "python benchmarks/glue.py schedule",
+                          "finished": _now(), "machine": machine(), "lr": lr, "error": error}  # fmt: skip
+                _io.write_json(result_path("schedule", name), result)
+                png = f"{name.removesuffix(f'_sora_r{RANK}_seed0')}_curves.png"  # <task>[_trial1]_curves.png
+                shutil.copyfile(out / "curves.png", RESULTS / "schedule" / png)
+                self.ran += 1
+            finally:
+                lock.unlink(missing_ok=True)
+        return complete
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_at(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    hour, minute = (int(x) for x in text.split(":"))
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+
+
+def _until_done(step, runner: Runner, poll: float = 20.0) -> bool:
+    """Repeat ``step`` (which skips finished and busy runs) until it completes or the budget ends."""
+    while True:
+        if step():
+            return True
+        if runner.budget.exhausted():
+            return False
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "experiment", choices=("xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "all"), nargs="+"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Table 1 seeds (default: 0 1 2)")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
+    parser.add_argument("--scratch", default=os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
+    parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a busy CPU)")
+    args = parser.parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    runner = Runner(args)
+    plan: list[tuple[str, Any]] = []
+    for experiment in args.experiment:
+        if experiment == "all":
+            plan += [
+                ("xigrid", runner.xigrid),
+                ("hpsearch", runner.hpsearch),
+                ("table1", lambda: runner.table1([0])),
+                ("speed", runner.speed),
+                ("table1", lambda: runner.table1([0, 1])),
+                ("table2", runner.table2),
+                ("schedule", runner.schedule),
+                ("table1", lambda: runner.table1([0, 1, 2])),
+            ]
+        elif experiment == "table1":
+            plan.append(("table1", lambda: runner.table1(args.seeds)))
+        else:
+            plan.append((experiment, getattr(runner, experiment)))
+    complete = True
+    for experiment, step in plan:
+        done = _until_done(step, runner)
+        print(f"[{_now()}] {experiment}: {'complete' if done else 'stopped (budget)'}", flush=True)
+        complete &= done
+    print(f"[{_now()}] ran {runner.ran} runs; failed: {runner.failed or 'none'}", flush=True)
+    return 0 if complete and not runner.failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
