@@ -293,7 +293,7 @@ def test_a_foreign_output_folder_is_left_as_it_was(env, capsys):
     ("changed", "needle"),
     [
         (["--r", "4"], ("--resume with other settings than the run in", ": r differ")),
-        (["--r", "2", "--xi", "0.5"], "xi differ"),
+        (["--r", "2", "--xi", "0.25"], "xi differ"),
         ([], "holds a run already: pass --resume"),
     ],
     ids=["resume-other-r", "resume-other-xi", "no-resume"],

@@ -49,7 +49,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lora-alpha", type=float, default=d["lora_alpha"])
     p.add_argument("--lora-dropout", type=float, default=d["lora_dropout"])
-    p.add_argument("--xi", type=float, default=d["xi"], help="SoRA sparsity strength (see BENCHMARKS.md)")
+    p.add_argument(
+        "--xi",
+        type=float,
+        default=d["xi"],
+        help="SoRA sparsity: tau = xi*lr (paper) or xi (constant)",
+    )
     p.add_argument("--gate-lr", type=float, default=None, help="SoRA gate learning rate (default: --lr)")
     p.add_argument("--gate-update", default=d["gate_update"], choices=("adamw", "sgd"))
     p.add_argument("--threshold", default=d["threshold"], choices=("paper", "constant"))
