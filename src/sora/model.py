@@ -49,12 +49,11 @@ def _relative_name(model: nn.Module, name: str) -> str:
 
 def gate_ranks(model: nn.Module) -> dict[str, int]:
     """Module name -> rank: the number of non-zero gate entries (or LoRA's ``r`` for an ungated, pruned module)."""
-    ranks = {}
-    for name, layer, adapter in lora_layers(model):
-        lora_a = layer.lora_A[adapter]
-        rank = int(torch.count_nonzero(lora_a.sora_gate)) if isinstance(lora_a, GatedLinear) else lora_a.out_features
-        ranks[_relative_name(model, name)] = rank
-    return ranks
+    return {_relative_name(model, name): _rank(layer.lora_A[adapter]) for name, layer, adapter in lora_layers(model)}
+
+
+def _rank(lora_a: nn.Linear) -> int:
+    return int(torch.count_nonzero(lora_a.sora_gate)) if isinstance(lora_a, GatedLinear) else lora_a.out_features
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -65,11 +64,10 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     adapter = nonzero = 0
-    ranks = gate_ranks(model)
-    for name, layer, adapter_name in lora_layers(model):
+    for _, layer, adapter_name in lora_layers(model):
         lora_a, lora_b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
         adapter += sum(p.numel() for p in (*lora_a.parameters(), *lora_b.parameters()))
-        nonzero += ranks[_relative_name(model, name)] * (lora_a.in_features + lora_b.out_features)
+        nonzero += _rank(lora_a) * (lora_a.in_features + lora_b.out_features)
     return {"trainable": trainable, "adapter": adapter, "nonzero": nonzero}
 
 

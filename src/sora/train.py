@@ -231,12 +231,17 @@ def adapter_ranks(model: torch.nn.Module) -> dict[str, int]:
     if not isinstance(model, PeftModel):
         return {}
     if isinstance(model.peft_config[model.active_adapter], AdaLoraConfig):
-        ranks = {}
-        for name, module in model.get_base_model().named_modules():
-            if hasattr(module, "lora_E") and model.active_adapter in module.lora_E:
-                ranks[name] = int(torch.count_nonzero(module.lora_E[model.active_adapter]))
-        return ranks
+        return {name: rank for name, rank, _ in _adalora_modules(model)}
     return gate_ranks(model)
+
+
+def _adalora_modules(model: PeftModel):
+    """``(module name, live rank, d_in + d_out)`` of every AdaLoRA module: its non-zero singular values."""
+    adapter = model.active_adapter
+    for name, module in model.get_base_model().named_modules():
+        if hasattr(module, "lora_E") and adapter in module.lora_E:
+            rank = int(torch.count_nonzero(module.lora_E[adapter]))
+            yield name, rank, module.lora_A[adapter].shape[1] + module.lora_B[adapter].shape[0]
 
 
 def nonzero_params(model: torch.nn.Module, method: str) -> int:
@@ -244,12 +249,7 @@ def nonzero_params(model: torch.nn.Module, method: str) -> int:
     if method in ("full", "bitfit"):
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
     if method == "adalora":
-        sizes = {}
-        for name, module in model.get_base_model().named_modules():
-            if hasattr(module, "lora_E") and model.active_adapter in module.lora_E:
-                a = module.lora_A[model.active_adapter]
-                sizes[name] = a.shape[1] + module.lora_B[model.active_adapter].shape[0]
-        return sum(adapter_ranks(model)[n] * s for n, s in sizes.items())
+        return sum(rank * size for _, rank, size in _adalora_modules(model))
     return count_parameters(model)["nonzero"]
 
 
@@ -356,10 +356,15 @@ class _StepHooks(TrainerCallback):
         self.step_seconds += time.perf_counter() - self._start
 
 
+def _logits(prediction) -> np.ndarray:
+    """The logits of a Trainer prediction (models that return more than logits give a tuple)."""
+    outputs = prediction.predictions
+    return np.asarray(outputs[0] if isinstance(outputs, tuple) else outputs)
+
+
 def _trainer_metrics(spec: TaskSpec, split: str):
     def compute(prediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return compute_metrics(spec, logits, prediction.label_ids, split=split)
+        return compute_metrics(spec, _logits(prediction), prediction.label_ids, split=split)
 
     return compute
 
@@ -654,5 +659,4 @@ def _score(
         trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer))
         # without labels the model computes no loss (AdaLoRA's loss needs its training state): logits only
         prediction = trainer.predict(dataset.remove_columns("labels"))
-    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-    return compute_metrics(spec, np.asarray(logits), np.asarray(dataset["labels"]), split=split)
+    return compute_metrics(spec, _logits(prediction), np.asarray(dataset["labels"]), split=split)
