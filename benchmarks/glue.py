@@ -15,7 +15,9 @@ Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them i
 - ``table1``: 5 tasks x 5 methods at the best learning rate of each method (``--seeds``);
 - ``table2``: SoRA r_max vs LoRA r in ``RANKS`` on ``TABLE2_TASKS`` (seed 0);
 - ``speed``: Table 4, seconds per epoch of LoRA, AdaLoRA and SoRA, interleaved run by run in one invocation;
-- ``schedule``: the sparsifying scheduler (Figure 3) on ``SCHEDULE_TASKS``.
+- ``schedule``: the sparsifying scheduler (Figure 3) on ``SCHEDULE_TASKS``;
+- ``long``: Table 1 in longer runs (the whole train splits but SST-2's, ``LONG_SAMPLES``), where the tasks are
+  learned, SoRA at the ``sora train`` defaults and every method at its default learning rate.
 
 ``--stop-at HH:MM`` (UTC) launches no new run after that time. ``benchmarks/build_report.py`` turns the results into
 ``BENCHMARKS.md``.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -42,7 +45,9 @@ DEFAULT_SCRATCH = "/tmp/sora-bench"
 DEFAULT_DATA_DIR = os.environ.get("GLUE_DIR", "/work/shared/data/glue")
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
-METHODS = ("full", "bitfit", "lora", "adalora", "sora")
+# "sora" trains with the benchmark's gate settings (SORA_SETTINGS_FILE), "sora-default" with the `sora train` defaults
+# (TrainConfig's xi, threshold, gate init and update); both are method "sora" of `sora train`.
+METHODS = ("full", "bitfit", "lora", "adalora", "sora", "sora-default")
 # Training subsets (the first seeded sample of the train split; dev sets are always complete). Sized so that the
 # whole Table 1 fits a 2-core CPU shared with other jobs: short-sentence tasks get more samples.
 TRAIN_SAMPLES = {"cola": 1024, "sst2": 1024, "mrpc": 512, "stsb": 512, "rte": 512}
@@ -66,6 +71,7 @@ LR_TRIALS = {
     "lora": (1e-3, 4e-3),
     "adalora": (1e-3, 4e-3),
     "sora": (1e-3, 4e-3),
+    "sora-default": (1e-3, 4e-3),
 }
 
 # SoRA's gate settings for hpsearch, Table 1/2/4 and the schedule: chosen from the xigrid results and written,
@@ -86,6 +92,10 @@ XIGRID: list[tuple[str, dict[str, Any]]] = [
     ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": "randn", "xi": 5e-3}),
     # the values of the authors' GLUE script (sparse_lambda 10, sparse_lambda_2 3e-4), read as gate lr and xi
     ("sora", {"threshold": "constant", "gate_update": "adamw", "gate_init": "randn", "xi": 3e-4, "gate_lr": 10.0}),
+    # the paper's threshold tau = xi * lr_t at the xi of the `sora train` default (0.5), below and above it
+    ("sora", {"threshold": "paper", "gate_update": "adamw", "gate_init": "randn", "xi": 0.25}),
+    ("sora", {"threshold": "paper", "gate_update": "adamw", "gate_init": "randn", "xi": 0.5}),
+    ("sora", {"threshold": "paper", "gate_update": "adamw", "gate_init": "randn", "xi": 0.9}),
 ]
 
 TABLE2_TASKS = ("mrpc", "stsb", "sst2")  # SST-2 added last: the one task every method learns here
@@ -98,6 +108,28 @@ SCHEDULE_TASKS = ("mrpc", "stsb", "cola", "sst2")  # SST-2 added last: the task 
 # SST-2 again at lr 1e-3 (the schedule keeps the rate constant after warmup; at Table 1's 4e-3 SST-2 did not learn)
 SCHEDULE_EXTRA = (("sst2", 1e-3),)
 SCHEDULE = {"kind": "linear", "start": 1e-3, "end": 1e-2, "stages": 4, "epochs_per_stage": 1.0}
+# Figure 3 again at the `sora train` gate defaults (tau = xi * lr_t, lr 1e-3) on the longer runs' training sets, where
+# the tasks are learned: xi from a quarter of the largest Adam step to all of it
+SCHEDULE_DEFAULT = {"kind": "linear", "start": 0.25, "end": 1.0, "stages": 4, "epochs_per_stage": 1.0}
+SCHEDULE_DEFAULT_TASKS = ("sst2", "mrpc", "stsb")
+# Longer runs (None: the whole train split) with COMMON's 2 epochs: 312 (RTE) to 1070 (CoLA) steps. Every method at
+# its `sora train` default learning rate (no search: the same budget, zero, for each); SoRA at the `sora train`
+# defaults, and once (SST-2, seed 0) at the benchmark's gate settings, to test whether a constant threshold kills
+# every rank in a long run. LoRA, AdaLoRA and SoRA run first for every seed, then full fine-tuning and BitFit.
+LONG_SAMPLES = {"cola": None, "sst2": 8000, "mrpc": None, "stsb": None, "rte": None}
+LONG_METHODS = (("lora", "adalora", "sora-default"), ("full", "bitfit"))
+# Experiments whose failed runs (e.g. every rank pruned) are results, not retried
+FAILURES_ARE_RESULTS = ("xigrid", "long")
+
+
+def train_method(label: str) -> str:
+    """The ``sora train --method`` of a method label ("sora-default" -> "sora")."""
+    return label.split("-", 1)[0]
+
+
+def gate_settings(label: str) -> dict[str, Any] | None:
+    """The gate settings a label trains with ({}: TrainConfig's defaults; None: not chosen yet)."""
+    return sora_settings() if label == "sora" else {}
 
 
 class Budget:
@@ -246,8 +278,8 @@ class Runner:
         name = run_name(task, method, r, seed, trial)
         if f"{experiment}/{name}" in self.failed_names:
             return {}  # failed in this invocation: not retried until the next one
-        if experiment == "xigrid" and (RESULTS / experiment / "failed" / f"{name}.json").is_file():
-            return {}  # a grid trial that failed (e.g. pruned every rank) is a result: not retried
+        if experiment in FAILURES_ARE_RESULTS and (RESULTS / experiment / "failed" / f"{name}.json").is_file():
+            return {}  # a failed run (e.g. every rank pruned) is a result here: not retried
         done = read_result(experiment, name)
         if done is not None or self.budget.exhausted():
             return done
@@ -262,8 +294,9 @@ class Runner:
             shutil.rmtree(out, ignore_errors=True)
             settings = {**COMMON, "max_train_samples": TRAIN_SAMPLES[task], **overrides}
             cfg = TrainConfig(
-                task=task, output_dir=str(out), method=method, data_dir=self.data_dir, r=r, seed=seed, **settings
-            )
+                task=task, output_dir=str(out), method=train_method(method), data_dir=self.data_dir, r=r, seed=seed,
+                **settings,
+            )  # fmt: skip
             print(f"[{_now()}] {experiment}/{name}: start", flush=True)
             load = os.getloadavg()
             try:
@@ -279,11 +312,13 @@ class Runner:
                     "task": task,
                     "method": method,
                     "finished": _now(),
+                    "live_ranks_log": _live_ranks_log(out / "train_log.jsonl"),
                 }
                 _io.write_json(RESULTS / experiment / "failed" / f"{name}.json", failure)
                 return {}
             result = {
                 **metrics,
+                "variant": method,  # the method label (metrics' "method" is the `sora train --method`)
                 "experiment": experiment,
                 "command": command_line(cfg, self.threads),
                 "runner": f"python benchmarks/glue.py {experiment}",
@@ -325,7 +360,7 @@ class Runner:
         complete = True
         for method in sorted(METHODS, key=lambda m: m == "sora"):  # SoRA last: it waits for sora_settings.json
             for k, lr in enumerate(LR_TRIALS[method]):
-                gate = sora_settings() if method == "sora" else {}
+                gate = gate_settings(method)
                 if gate is None:
                     complete = False
                     continue
@@ -334,7 +369,7 @@ class Runner:
 
     def table_run(self, experiment: str, task: str, method: str, seed: int, r: int = RANK) -> dict[str, Any] | None:
         lr = best_lr(method)
-        gate = sora_settings() if method == "sora" else {}
+        gate = gate_settings(method)
         if lr is None or gate is None:
             return None
         name = run_name(task, method, r, seed)
@@ -362,6 +397,23 @@ class Runner:
             for r in RANKS:
                 for method in ("sora", "lora"):
                     complete &= self.table_run("table2", task, method, 0, r=r) is not None
+        return complete
+
+    def long(self, seeds: list[int]) -> bool:
+        from sora.train import DEFAULT_LR
+
+        complete = True
+        jobs = [("sst2", "sora", 0)] + [
+            (t, m, s) for group in LONG_METHODS for s in seeds for t in LONG_SAMPLES for m in group
+        ]
+        for task, method, seed in jobs:
+            gate = gate_settings(method)
+            if gate is None:
+                complete = False
+                continue
+            lr = DEFAULT_LR[train_method(method)]
+            got = self.run("long", task, method, seed, lr=lr, max_train_samples=LONG_SAMPLES[task], **gate)
+            complete &= got is not None
         return complete
 
     def speed(self) -> bool:
@@ -409,20 +461,21 @@ class Runner:
     def schedule(self) -> bool:
         from sora import _io
         from sora.schedule import run_schedule, xi_values
-        from sora.train import TrainConfig
+        from sora.train import DEFAULT_LR, TrainConfig
 
         complete = True
         lr = best_lr("sora") or 1e-3
-        gate = sora_settings()
-        if gate is None:
-            return False
-        xis = xi_values(SCHEDULE["kind"], SCHEDULE["start"], SCHEDULE["end"], SCHEDULE["stages"])
-        jobs = [(task, f"{task}_sora_r{RANK}_seed0", lr) for task in SCHEDULE_TASKS]
-        jobs += [(task, f"{task}_sora_r{RANK}_seed0_trial1", extra_lr) for task, extra_lr in SCHEDULE_EXTRA]
-        for task, name, lr in jobs:
+        # (run name, task, lr, method label, training samples, xi schedule)
+        jobs = [(f"{t}_sora_r{RANK}_seed0", t, lr, "sora", TRAIN_SAMPLES[t], SCHEDULE) for t in SCHEDULE_TASKS]
+        jobs += [(f"{t}_sora_r{RANK}_seed0_trial1", t, extra_lr, "sora", TRAIN_SAMPLES[t], SCHEDULE)
+                 for t, extra_lr in SCHEDULE_EXTRA]  # fmt: skip
+        jobs += [(f"{t}_sora-default_r{RANK}_seed0", t, DEFAULT_LR["sora"], "sora-default", LONG_SAMPLES[t],
+                  SCHEDULE_DEFAULT) for t in SCHEDULE_DEFAULT_TASKS]  # fmt: skip
+        for name, task, lr, label, samples, sched in jobs:
+            gate = gate_settings(label)
             if read_result("schedule", name) is not None:
                 continue
-            if self.budget.exhausted():
+            if gate is None or self.budget.exhausted():
                 complete = False
                 continue
             lock = self._lock("schedule", name)
@@ -431,7 +484,7 @@ class Runner:
                 continue
             try:
                 out = self.scratch / "schedule" / name
-                settings = {**COMMON, "max_train_samples": TRAIN_SAMPLES[task], **gate}
+                settings = {**COMMON, "max_train_samples": samples, **gate}
                 settings.pop("epochs")
                 cfg = TrainConfig(
                     task=task, output_dir=str(out), method="sora", data_dir=self.data_dir, seed=0, lr=lr, **settings
@@ -442,7 +495,8 @@ class Runner:
                 print(f"[{_now()}] schedule/{name}: start", flush=True)
                 error = None
                 try:
-                    run_schedule(cfg, xis, SCHEDULE["epochs_per_stage"], resume=resume)
+                    xis = xi_values(sched["kind"], sched["start"], sched["end"], sched["stages"])
+                    run_schedule(cfg, xis, sched["epochs_per_stage"], resume=resume)
                 except Exception as e:  # e.g. a stage pruned every rank: the finished stages are still a result
                     traceback.print_exc()
                     error = f"{type(e).__name__}: {e}"
@@ -452,20 +506,27 @@ class Runner:
                         continue
                 command = command_line(cfg, self.threads).replace(" train ", " schedule ", 1)
                 command += (
-                    f" --xi-schedule {SCHEDULE['kind']} --xi-start {SCHEDULE['start']:g} --xi-max {SCHEDULE['end']:g}"
-                    f" --stages {SCHEDULE['stages']} --epochs-per-stage {SCHEDULE['epochs_per_stage']:g}"
+                    f" --xi-schedule {sched['kind']} --xi-start {sched['start']:g} --xi-max {sched['end']:g}"
+                    f" --stages {sched['stages']} --epochs-per-stage {sched['epochs_per_stage']:g}"
                 )
                 command = command.replace(" --epochs 3", "")
                 saved = json.loads((out / "schedule.json").read_text(encoding="utf-8"))
                 result = {**saved, "command": command, "runner": "python benchmarks/glue.py schedule",
                           "finished": _now(), "machine": machine(), "lr": lr, "error": error}  # fmt: skip
                 _io.write_json(result_path("schedule", name), result)
-                png = f"{name.removesuffix(f'_sora_r{RANK}_seed0')}_curves.png"  # <task>[_trial1]_curves.png
-                shutil.copyfile(out / "curves.png", RESULTS / "schedule" / png)
+                shutil.copyfile(out / "curves.png", RESULTS / "schedule" / f"{name}_curves.png")
                 self.ran += 1
             finally:
                 lock.unlink(missing_ok=True)
         return complete
+
+
+def _live_ranks_log(path: Path) -> list[list[int]]:
+    """[step, live ranks] of each logged step of a run's train_log.jsonl ([] if it has none)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [[row["step"], row["live_ranks"]] for row in rows if "live_ranks" in row]
 
 
 def _alive(pid: int) -> bool:
@@ -501,9 +562,13 @@ def _until_done(step, runner: Runner, poll: float = 20.0) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "experiment", choices=("xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "all"), nargs="+"
+        "experiment",
+        choices=("xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "all"),
+        nargs="+",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Table 1 seeds (default: 0 1 2)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="Table 1 and long-run seeds (default: 0 1 2)"
+    )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
     parser.add_argument("--scratch", default=os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
     parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
@@ -533,9 +598,10 @@ def main(argv: list[str] | None = None) -> int:
                 ("table2", runner.table2),
                 ("schedule", runner.schedule),
                 ("table1", lambda: runner.table1([0, 1, 2])),
+                ("long", lambda: runner.long([0, 1, 2])),
             ]
-        elif experiment == "table1":
-            plan.append(("table1", lambda: runner.table1(args.seeds)))
+        elif experiment in ("table1", "long"):
+            plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds)))
         else:
             plan.append((experiment, getattr(runner, experiment)))
     complete = True

@@ -22,6 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sora import cli
+from sora.optim import SoraOptimizer
 from sora.train import _last_complete_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -211,6 +213,30 @@ def test_a_diverging_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint
     assert _complete(named)
     weights = next(named.glob("*.safetensors"))
     assert all(torch.isfinite(t).all() for t in load_file(weights).values())
+
+
+def test_a_gate_that_becomes_nan_stops_with_one_line(tmp_path, glue_dir, monkeypatch, capsys):
+    """A gate that turns NaN in an optimizer step while the loss is still finite (injected after the real step 3)
+    stops the run before the next step: exit 2, one ``sora: error:`` line naming the step and the last good
+    checkpoint, no metrics.json or adapter."""
+    real_step, calls = SoraOptimizer.step, []
+
+    def step_then_poison(self, *args, **kwargs):
+        loss = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            self.param_groups[-1]["params"][0].data[0] = float("nan")  # the gate group is the last one
+        return loss
+
+    monkeypatch.setattr(SoraOptimizer, "step", step_then_poison)
+    out = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--data-dir", str(glue_dir), "--output-dir", str(out)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "sora: error:" in line]
+    assert len(errors) == 1, errors
+    assert re.search(r"a SoRA gate became NaN/Inf at step 3: training stopped; the last good checkpoint is \S+"
+                     r"checkpoint-2$", errors[0]), errors[0]  # fmt: skip
+    assert len(calls) == 3
+    assert not (out / "metrics.json").exists() and not (out / "adapter").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------

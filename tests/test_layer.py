@@ -31,9 +31,9 @@ def test_sora_branch_is_s_times_B_diag_g_A_x():
 
 
 def test_gates_start_at_gate_init_and_randn_follows_the_authors():
-    ones = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4))
+    ones = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4, gate_init=1.0))
     assert all(torch.equal(g, torch.ones(4)) for g in gates(ones))
     torch.manual_seed(0)
-    randn = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4, gate_init="randn"))
+    randn = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4))  # the default
     values = torch.cat([g.detach() for g in gates(randn)])
     assert values.std() > 0.5 and not torch.equal(values, torch.ones_like(values))

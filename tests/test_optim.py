@@ -7,7 +7,7 @@ from sora.layer import gates
 
 
 def _model_with_grads(seed: int = 0):
-    model = sora.get_sora_model(bert12(seed), sora.SoraConfig(r_max=4, task_type="SEQ_CLS"))
+    model = sora.get_sora_model(bert12(seed), sora.SoraConfig(r_max=4, task_type="SEQ_CLS", gate_init=1.0))
     with torch.no_grad():  # non-zero B, so the gates get a gradient
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -35,8 +35,9 @@ class SoraConfig:
     ``r_max`` is the rank every module starts from; the proximal gate step then lets each module keep only the ranks
     it needs. ``lora_alpha / r_max`` is the scale ``s`` of ``Δh = s · B · diag(g) · A · x``.
     ``target_modules=None`` picks :data:`DEFAULT_TARGET_MODULES` for the model's family (then PEFT's own table).
-    ``gate_init`` is the starting value of every gate entry (1.0: the branch starts as plain LoRA), or ``"randn"``
-    for standard-normal entries as in the authors' code.
+    ``gate_init`` is ``"randn"`` (default: standard-normal entries, as in the authors' code) or the starting value of
+    every gate entry (1.0: the branch starts as plain LoRA). B starts at zero, so either way the model starts as
+    the base model.
     """
 
     r_max: int = 8
@@ -45,7 +46,7 @@ class SoraConfig:
     target_modules: list[str] | str | None = None
     modules_to_save: list[str] | None = None
     task_type: str | None = None
-    gate_init: float | str = 1.0
+    gate_init: float | str = "randn"
     bias: str = "none"
 
     def __post_init__(self) -> None:

@@ -8,6 +8,11 @@ The gates minimise ``L(g) + xi·||g||_1``. Their step is a gradient step followe
 ``threshold="paper"`` takes ``tau = xi · lr_t`` (lr_t: the gate group's current learning rate, so LR schedules
 apply), ``"constant"`` takes ``tau = xi`` (the authors' code). ``gate_update="sgd", threshold="paper"`` is exactly
 ``g <- T_{lr_t·xi}(g - lr_t·grad_g)``.
+
+The defaults (``adamw``, ``paper``, ``xi=0.5``) are those of ``sora train``, picked from the GLUE runs in
+BENCHMARKS.md: an Adam step moves a gate by at most about lr_t, so ``tau = 0.5·lr_t`` prunes the gates whose gradient
+is too weak or too inconsistent to outpull half of it, in runs of any length, while a constant ``tau`` above lr_t
+prunes every gate after ``|g|/tau`` steps.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class SoraOptimizer(torch.optim.AdamW):
         model: nn.Module,
         lr: float,
         weight_decay: float = 0.0,
-        xi: float = 1e-4,
+        xi: float = 0.5,
         gate_lr: float | None = None,
         gate_update: str = "adamw",
         threshold: str = "paper",

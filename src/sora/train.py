@@ -83,10 +83,7 @@ class TrainConfig:
     r: int = 8
     lora_alpha: float = 16
     lora_dropout: float = 0.0
-    # SoRA's gate defaults: the authors' update (AdamW gate step, constant threshold tau = xi, gates ~ N(0, 1)) with
-    # a xi that prunes about a quarter to a half of the ranks in a 64-128 step run (BENCHMARKS.md, "what was tried").
-    # The pruned share grows with xi x steps: runs of many hundreds of steps need a smaller xi (below gate_lr).
-    xi: float = 0.5
+    xi: float = 0.5  # SoRA's gate defaults: see the docstring
     gate_lr: float | None = None
     gate_update: str = "adamw"
     threshold: str = "paper"
