@@ -447,21 +447,28 @@ def rank_correlations(results: dict[str, dict[str, Any]], method: str) -> str:
     )
 
 
-def schedule_note(schedules: dict[str, dict[str, Any]], t1: dict[str, dict[str, Any]]) -> str:
-    lora_sst2 = fmt_ms([score(r) for r in t1.values() if r["task"] == "sst2" and r["method"] == "lora"])
-    s = schedules.get(f"sst2_sora_r{glue.RANK}_seed0_trial1")
-    if not s or not s["stages"]:
+def schedule_note(schedule: dict[str, Any] | None, reference: dict[str, dict[str, Any]], where: str) -> str:
+    """What one schedule did: live ranks and train/dev score from the first stage to the last, against LoRA r=8's
+    runs of the same task in ``reference`` (the results of the regime named ``where``)."""
+    if not schedule or not schedule["stages"]:
         return ""
-    first, last = s["stages"][0], s["stages"][-1]
-    share = last["nonzero_params"] / 331776  # LoRA r=8 on MiniLM-L6 (Table 1)
-    return (
-        f" It learned: from stage 1 to stage {last['stage']} the live ranks fell from {first['live_ranks']} to "
-        f"{last['live_ranks']} ({100 * share:.0f}% of LoRA r=8's parameters) while train accuracy went "
-        f"{100 * first['train']['accuracy']:.1f} -> {100 * last['train']['accuracy']:.1f} and dev accuracy "
-        f"{100 * first['dev']['accuracy']:.1f} -> {100 * last['dev']['accuracy']:.1f} (LoRA r=8 in Table 1: SST-2 "
-        f"{lora_sst2}). In this one run, most ranks could go without a loss on dev, the paper's Figure 3 observation; "
-        "one seed, one task."
+    task, metric = schedule["task"], schedule["primary_metric"]
+    runs = [r for r in reference.values() if r["task"] == task and r["method"] == "lora"]
+    first, last = schedule["stages"][0], schedule["stages"][-1]
+    text = (
+        f"from stage 1 to stage {last['stage']} the live ranks fell from {first['live_ranks']} to {last['live_ranks']}"
     )
+    if runs:
+        text += f" ({100 * last['nonzero_params'] / runs[0]['nonzero_params']:.0f}% of LoRA r=8's parameters)"
+    text += (
+        f" while the train {METRIC_NAMES.get(metric, metric)} went "
+        + " -> ".join(f"{100 * row['train'][metric]:.1f}" for row in schedule["stages"])
+        + " and the dev one "
+        + " -> ".join(f"{100 * row['dev'][metric]:.1f}" for row in schedule["stages"])
+    )
+    if runs:
+        text += f" (LoRA r=8 in {where}: {fmt_ms([score(r) for r in runs])})"
+    return text + "."
 
 
 def figure3(schedules: dict[str, dict[str, Any]]) -> str:
@@ -815,6 +822,7 @@ FIG4_TABLE1_NOTE = (
     "than the task (the paper's Figure 4 reads its heatmaps as task-dependent allocation)."
 )
 FIG4_LONG_NOTE = ""
+SCHEDULE_DEFAULT_NOTE = ""
 LONG_NOTE = ""
 
 
@@ -919,8 +927,20 @@ def main(argv: list[str] | None = None) -> int:
             "subset (memorization) and the dev set (generalization). The mechanism works (the live ranks fall stage "
             "by stage; no pruned rank revived), but at this scale the curves carry no memorization/generalization "
             "trade-off: at Table 1's SoRA learning rate (4e-3, constant here instead of decaying) no task learned "
-            "anything, SST-2 included. The SST-2 schedule was run again at lr 1e-3 (`_trial1`)."
-            + schedule_note(schedules, t1)
+            "anything, SST-2 included. The SST-2 schedule was run again at lr 1e-3 (`_trial1`). "
+            + "It learned: "
+            + schedule_note(schedules.get(f"sst2_sora_r{glue.RANK}_seed0_trial1"), t1, "Table 1")
+            + "\n\nThe `sora-default` schedules use the `sora train` gate defaults (tau = xi * lr_t, lr 1e-3) and the "
+            f"longer runs' training sets, xi {glue.SCHEDULE_DEFAULT['kind']} from {glue.SCHEDULE_DEFAULT['start']:g} "
+            f"to {glue.SCHEDULE_DEFAULT['end']:g} (tau from a quarter of the largest Adam step to all of it) in "
+            f"{glue.SCHEDULE_DEFAULT['stages']} stages of {glue.SCHEDULE_DEFAULT['epochs_per_stage']:g} epoch. "
+            + " ".join(
+                f"{TASK_NAMES[t]}: " + schedule_note(s, long_all, "the longer runs")
+                for t in glue.SCHEDULE_DEFAULT_TASKS
+                if (s := schedules.get(f"{t}_sora-default_r{glue.RANK}_seed0"))
+            )
+            + " "
+            + SCHEDULE_DEFAULT_NOTE
         )
     out.append("\n## Figure 4 analog: where SoRA keeps its ranks\n")
     out.append(

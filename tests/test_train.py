@@ -5,13 +5,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import MINILM
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from sora import SoraError
 from sora.cli import main
-from sora.train import METHODS, TrainConfig, evaluate_adapter, train
+from sora.data import TaskSpec
+from sora.train import METHODS, TrainConfig, evaluate_adapter, load_classifier, train
 
 TINY = [
     "--max-train-samples",
@@ -156,6 +158,16 @@ def test_regression_task_stsb(tmp_path, glue_dir):
     metrics = _train(tmp_path / "stsb", "stsb", "sora", glue_dir)
     assert set(metrics["eval"]) == {"pearson", "spearmanr"}
     assert metrics["primary_metric"] == "pearson"
+
+
+@pytest.mark.parametrize("labels", [(None, 2.5), (("neg", "pos"), 0.0)], ids=["regression", "classification"])
+def test_a_regression_head_starts_at_the_mean_training_label(labels, tokenizer):
+    """Its output bias is the mean label (so an adapter need not move the representation to reach it: see
+    ``load_classifier``); a classification head keeps its usual zero bias."""
+    names, want = labels
+    spec = TaskSpec(name="t", text_columns=("text",), label_column="label", label_names=names)
+    model = load_classifier(MINILM, spec, tokenizer, [1.0, 2.0, 4.5] if names is None else [0, 1, 1])
+    assert torch.equal(model.classifier.bias, torch.full((spec.num_labels,), want))
 
 
 def test_custom_csv_with_string_labels(tmp_path):

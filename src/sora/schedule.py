@@ -139,7 +139,7 @@ def run_schedule(
     transformers.set_seed(cfg.seed)
     data, tokenizer, train_set, dev = _load_inputs(cfg)
     train_eval = subsample(train_set, cfg.max_eval_samples, cfg.seed)
-    model = load_classifier(cfg.model, data.spec, tokenizer)
+    model = load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
     steps = math.ceil(math.ceil(len(train_set) / cfg.batch_size) * epochs_per_stage)
     if rows:  # the saved param groups restore every hyperparameter (lr, xi, threshold, ...): only the grouping matters
         model, optimizer = load_sora(model, _state_dir(out, len(rows)), lambda m: SoraOptimizer(m, lr=cfg.lr))

@@ -150,8 +150,14 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_classifier(name: str, spec: TaskSpec, tokenizer) -> torch.nn.Module:
-    """A pretrained backbone with a fresh sequence-classification head for ``spec``'s labels."""
+def load_classifier(name: str, spec: TaskSpec, tokenizer, train_labels: list[float] | None = None) -> torch.nn.Module:
+    """A pretrained backbone with a fresh sequence-classification head for ``spec``'s labels.
+
+    With ``train_labels`` a regression head's output bias starts at their mean (STS-B: 2.7) instead of 0. An Adam
+    step moves that bias by about lr, so from 0 it lags the label mean for hundreds of steps, and an adapter reaches
+    the mean faster by moving the representation: LoRA and SoRA at lr 1e-3 then map every STS-B pair to the same
+    output (Pearson ~0, BENCHMARKS.md), while starting at the mean they learn the task.
+    """
     kwargs: dict[str, Any] = {"num_labels": spec.num_labels}
     if spec.is_regression:
         kwargs["problem_type"] = "regression"
@@ -165,6 +171,11 @@ def load_classifier(name: str, spec: TaskSpec, tokenizer) -> torch.nn.Module:
         raise SoraError(f"cannot load model {name!r}: {_first_line(e)}") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if spec.is_regression and train_labels is not None:
+        outputs = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == spec.num_labels]
+        if outputs and outputs[-1].bias is not None:  # the last one is the head's output layer
+            with torch.no_grad():
+                outputs[-1].bias.fill_(float(np.mean(train_labels)))
     return model
 
 
@@ -485,7 +496,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     out = _prepare_output(cfg, resume) if main else Path(cfg.output_dir)
     transformers.set_seed(cfg.seed)
     data, tokenizer, train_set, dev = _load_inputs(cfg)
-    model = load_classifier(cfg.model, data.spec, tokenizer)
+    model = load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # the per-device batch is cfg.batch_size
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world_size))
