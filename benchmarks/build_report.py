@@ -410,6 +410,45 @@ def long_section(long: dict[str, dict[str, Any]], failed: dict[str, dict[str, An
     return text, summary
 
 
+def spread_text(results: dict[str, dict[str, Any]], top: int = 4) -> str:
+    """The (task, method) cells whose seeds disagree most: min-max of the score over the seeds."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for r in results.values():
+        cells.setdefault((r["task"], r["method"]), []).append(score(r))
+    spread = sorted(((max(v) - min(v), t, m, v) for (t, m), v in cells.items() if len(v) > 1), reverse=True)[:top]
+    if not spread:
+        return ""
+    return (
+        "The seeds disagree most on: "
+        + "; ".join(f"{TASK_NAMES[t]} {METHOD_NAMES[m]} {min(v):.1f} to {max(v):.1f}" for _, t, m, v in spread)
+        + "."
+    )
+
+
+def collapse_text(results: dict[str, dict[str, Any]]) -> str:
+    """Runs that learned nothing where another seed of the same method and task did: their loss and gradient norm
+    (from the result's ``loss_log``) against that of the learning seeds."""
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in results.values():
+        cells.setdefault((r["task"], r["method"]), []).append(r)
+    lines = []
+    for (task, method), runs in sorted(cells.items()):
+        good = [r for r in runs if score(r) > BASELINE[task] + LEARNED_MARGIN[task] and r.get("loss_log")]
+        bad = [r for r in runs if score(r) <= BASELINE[task] + LEARNED_MARGIN[task] and r.get("loss_log")]
+        if not good or not bad:
+            continue
+        ref = statistics.median(g for x in good for _, _, g in x["loss_log"][len(x["loss_log"]) // 2 :])
+        for r in bad:
+            log = r["loss_log"]
+            lines.append(
+                f"{TASK_NAMES[task]} {METHOD_NAMES[method]} seed {r['seed']} ({score(r):.1f}): loss {log[0][1]:.2f} at "
+                f"step {log[0][0]}, up to {max(x[1] for x in log[: len(log) // 4]):.2f} in the first quarter, "
+                f"{log[-1][1]:.2f} at the end; median gradient norm over the second half "
+                f"{statistics.median(g for _, _, g in log[len(log) // 2 :]):.2f} (the seeds that learned: {ref:.2f})"
+            )
+    return ("Seeds that learned nothing where another seed did: " + "; ".join(lines) + ".") if lines else ""
+
+
 def kept_lr(results: dict[str, dict[str, Any]], method: str) -> str:
     return ", ".join(sorted({f"{r['hyperparameters']['lr']:g}" for r in results.values() if r["method"] == method}))
 
@@ -942,7 +981,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     out.append(majority_note(t1) + "\n")
     out.append("## Table 1 in longer runs: the whole train splits, `sora train` defaults\n")
-    out.append((long_text + "\n\n" + LONG_NOTE) if long else "Not measured: `python benchmarks/glue.py long`.")
+    out.append(
+        (long_text + "\n\n" + " ".join([spread_text(long), collapse_text(long), LONG_NOTE]))
+        if long
+        else "Not measured: `python benchmarks/glue.py long`."
+    )
     out.append("## Table 2 analog: SoRA r_max vs LoRA r (seed 0)\n")
     out.append(
         (t2_text + "\n\nScores: accuracy; the r=8 rows are the Table 1 runs (seed 0).")

@@ -327,6 +327,7 @@ class Runner:
                 "loadavg_start": [round(x, 2) for x in load],
                 "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                 "machine": machine(),
+                "loss_log": _loss_log(out / "train_log.jsonl"),
                 **(extra or {}),
             }
             _io.write_json(result_path(experiment, name), result)
@@ -521,12 +522,21 @@ class Runner:
         return complete
 
 
-def _live_ranks_log(path: Path) -> list[list[int]]:
-    """[step, live ranks] of each logged step of a run's train_log.jsonl ([] if it has none)."""
+def _log_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [[row["step"], row["live_ranks"]] for row in rows if "live_ranks" in row]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _live_ranks_log(path: Path) -> list[list[int]]:
+    """[step, live ranks] of each logged step of a run's train_log.jsonl ([] if it has none)."""
+    return [[row["step"], row["live_ranks"]] for row in _log_rows(path) if "live_ranks" in row]
+
+
+def _loss_log(path: Path) -> list[list[float]]:
+    """[step, loss, gradient norm] of each logged training step of a run's train_log.jsonl."""
+    return [[row["step"], round(row["loss"], 4), round(row.get("grad_norm", float("nan")), 4)]
+            for row in _log_rows(path) if "loss" in row]  # fmt: skip
 
 
 def _alive(pid: int) -> bool:
