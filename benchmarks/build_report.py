@@ -574,21 +574,20 @@ def figure3(schedules: dict[str, dict[str, Any]]) -> str:
 
 def xigrid_section(grid: dict[str, dict[str, Any]]) -> str:
     lora = next((r for r in grid.values() if r["method"] == "lora"), None)
-    failed = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in (GLUE / "xigrid" / "failed").glob("*.json")}
     rows = []
-    for name, r in sorted({**grid, **failed}.items(), key=lambda kv: int(kv[0].rsplit("_trial", 1)[1])):
+    for name, r in sorted(
+        {**grid, **load("xigrid", failed=True)}.items(), key=lambda kv: int(kv[0].rsplit("_trial", 1)[1])
+    ):
         k = int(name.rsplit("_trial", 1)[1])
         hp = r["hyperparameters"]
-        if "error" in r:
-            setting = (f"{hp['threshold']}, {hp['gate_update']}, init {hp['gate_init']}, xi {hp['xi']:g}"
-                       + (f", gate_lr {hp['gate_lr']:g}" if hp.get("gate_lr") else ""))  # fmt: skip
-            rows.append([k, setting, "—", "—", "0/288", "0", "0%", f"failed: {r['error']}"])
-            continue
         if r["method"] == "lora":
             setting = "LoRA r=8 (reference)"
         else:
             setting = (f"{hp['threshold']}, {hp['gate_update']}, init {hp['gate_init']}, xi {hp['xi']:g}"
                        + (f", gate_lr {hp['gate_lr']:g}" if hp.get("gate_lr") else ""))  # fmt: skip
+        if "error" in r:
+            rows.append([k, setting, "—", "—", "0/288", "0", "0%", f"failed: {r['error']}"])
+            continue
         live = sum(r["ranks"].values()) if r["ranks"] else 288
         share = f"{100 * r['nonzero_params'] / lora['nonzero_params']:.0f}%" if lora else "—"
         ev = r["eval"]
@@ -700,13 +699,19 @@ def comparison(summary: dict[str, Any], t1: dict[str, dict[str, Any]], a: str, b
     )
 
 
+def lora_share(summary: dict[str, Any], method: str) -> float | None:
+    """``method``'s mean nonzero parameters over LoRA's (None until both are measured)."""
+    s, lo = summary.get(method, {}).get("nonzero"), summary.get("lora", {}).get("nonzero")
+    return s / lo if s and lo else None
+
+
 def share_text(summary: dict[str, Any], sora: str) -> str | None:
-    s, lo = summary.get(sora, {}), summary.get("lora", {})
-    if s.get("nonzero") is None or lo.get("nonzero") is None:
+    share = lora_share(summary, sora)
+    if share is None:
         return None
     return (
-        f"{METHOD_NAMES[sora]} keeps {fmt_params(s['nonzero'])} of LoRA's {fmt_params(lo['nonzero'])} = "
-        f"**{100 * s['nonzero'] / lo['nonzero']:.0f}%**"
+        f"{METHOD_NAMES[sora]} keeps {fmt_params(summary[sora]['nonzero'])} of LoRA's "
+        f"{fmt_params(summary['lora']['nonzero'])} = **{100 * share:.0f}%**"
     )
 
 
@@ -824,8 +829,8 @@ def defaults_text(
         return " / ".join(f"{score(r):.1f}" for r in runs if r)
 
     def share(m: str, sm: dict[str, Any]) -> str:
-        s, lo = sm.get(m, {}).get("nonzero"), sm.get("lora", {}).get("nonzero")
-        return f"{100 * s / lo:.0f}%" if s and lo else "—"
+        value = lora_share(sm, m)
+        return "—" if value is None else f"{100 * value:.0f}%"
 
     paper = [
         (k, r)

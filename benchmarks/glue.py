@@ -427,11 +427,11 @@ class Runner:
         from sora import _io
 
         lrs = {m: best_lr(m) or 1e-3 for m in SPEED_METHODS}
-        gate = sora_settings()
+        gates = {m: gate_settings(m) for m in SPEED_METHODS}
         names = [run_name(SPEED_TASK, m, RANK, 0, k) for k in range(SPEED_ROUNDS) for m in SPEED_METHODS]
         if all(read_result("speed", n) for n in names) or self.budget.exhausted():
             return all(read_result("speed", n) for n in names)
-        if gate is None:
+        if None in gates.values():
             return False
         lock = self._lock("speed", "ALL")
         if lock is None:
@@ -444,7 +444,7 @@ class Runner:
                 for method in order:
                     got = self.run(
                         "speed.partial", SPEED_TASK, method, 0, trial=k, lr=lrs[method], epochs=1.0,
-                        max_eval_samples=SPEED_EVAL_SAMPLES, **(gate if method == "sora" else {}),
+                        max_eval_samples=SPEED_EVAL_SAMPLES, **gates[method],
                     )  # fmt: skip
                     if not got:
                         return False
