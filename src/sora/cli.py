@@ -126,9 +126,10 @@ def _parser() -> argparse.ArgumentParser:
 def _run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "train":
-        from .train import train
+        from .train import summary_line, train
 
         metrics = train(_train_config(args), resume=args.resume)
+        print(summary_line(metrics), file=sys.stderr)
         print(
             json.dumps(
                 {

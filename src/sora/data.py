@@ -330,6 +330,8 @@ def _read_file(
     labels = []
     for line_num, record in _records(path, columns):
         cells = [_cell(path, line_num, record, column) for column in (*text_columns, label_column)]
+        if not cells[-1].strip():
+            raise SoraError(f"{path}:{line_num}: empty label in column {label_column!r}")
         for key, cell in zip(texts, cells, strict=False):
             texts[key].append(cell)
         labels.append((line_num, cells[-1]))

@@ -184,16 +184,38 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _head_prefixes(model: torch.nn.Module) -> list[str]:
-    """Names of the classification head's top-level modules: everything outside the backbone."""
+def head_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the classification head's modules, which every method trains in full (PEFT: ``modules_to_save``).
+
+    The head is what sits outside the backbone (``classifier``; DeBERTa-v2's ``pooler``) and the backbone's own
+    ``pooler`` (BERT: the dense + tanh layer on [CLS] that BERT's classifier reads). RoBERTa and ELECTRA keep that
+    dense layer inside ``classifier``. Training it is what the anchors do (the LoRA paper trains RoBERTa's whole
+    head). Frozen, a pooler that was never trained for the task (the embedded MiniLM is a mean-pooling sentence
+    encoder: its [CLS] pooler saw no fine-tuning) left many default runs at the majority class (BENCHMARKS.md,
+    "Defaults").
+    """
     backbone = model.base_model_prefix
-    return [name for name, _ in model.named_children() if name != backbone]
+    names = [name for name, child in model.named_children() if name != backbone and _has_parameters(child)]
+    pooler = getattr(getattr(model, backbone, None), "pooler", None)
+    if isinstance(pooler, torch.nn.Module) and _has_parameters(pooler):
+        names.append(f"{backbone}.pooler")
+    return names
+
+
+def _has_parameters(module: torch.nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
 
 
 def build(cfg: TrainConfig, model: torch.nn.Module, total_steps: int) -> tuple[torch.nn.Module, Any]:
     """Wrap ``model`` for ``cfg.method``; returns the model and its optimizer (None: the Trainer's AdamW)."""
     targets = SoraConfig(r_max=cfg.r).resolve_target_modules(model.config.model_type)
-    common = {"lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "task_type": "SEQ_CLS"}
+    heads = head_modules(model)
+    common = {
+        "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout,
+        "task_type": "SEQ_CLS",
+        "modules_to_save": heads,
+    }
     if cfg.method == "sora":
         sora_config = SoraConfig(r_max=cfg.r, target_modules=targets, gate_init=cfg.gate_init, **common)
         model = get_sora_model(model, sora_config)
@@ -210,8 +232,10 @@ def build(cfg: TrainConfig, model: torch.nn.Module, total_steps: int) -> tuple[t
     if cfg.method == "lora":
         return get_peft_model(model, LoraConfig(r=cfg.r, target_modules=targets, **common)), None
     if cfg.method == "adalora":
-        # AdaLoRA's recipe: start at 1.5x the target rank, prune between 10% and 80% of training.
+        # AdaLoRA's recipe (its paper's GLUE settings): start at 1.5x the target rank, prune between 10% and 80% of
+        # training, orthogonality regulariser weight 0.1.
         config = AdaLoraConfig(
+            orth_reg_weight=0.1,
             init_r=_max_rank(cfg),
             target_r=cfg.r,
             tinit=int(0.1 * total_steps),
@@ -222,9 +246,8 @@ def build(cfg: TrainConfig, model: torch.nn.Module, total_steps: int) -> tuple[t
             **common,
         )
         return get_peft_model(model, config), None
-    heads = _head_prefixes(model)
     for name, param in model.named_parameters():
-        in_head = name.split(".", 1)[0] in heads
+        in_head = any(name.startswith(f"{head}.") for head in heads)
         param.requires_grad_(cfg.method == "full" or in_head or name.endswith("bias"))
     return model, None
 
@@ -497,6 +520,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     transformers.set_seed(cfg.seed)
     data, tokenizer, train_set, dev = _load_inputs(cfg)
     model = load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
+    head_params = sum(p.numel() for name in head_modules(model) for p in model.get_submodule(name).parameters())
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # the per-device batch is cfg.batch_size
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world_size))
@@ -556,6 +580,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         "seconds_per_epoch": round(hooks.step_seconds / cfg.epochs, 3),
         "trainable_params": trainable,
         "nonzero_params": nonzero,
+        "head_params": head_params,
+        "baseline": majority_baseline(data.spec, train_set["labels"], dev[main_split]["labels"], main_split),
         "ranks": ranks,
         "train_samples": len(train_set),
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -564,6 +590,30 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         _write_ranks(out, ranks, _max_rank(cfg), cfg.method)
         _io.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def majority_baseline(spec: TaskSpec, train_labels: list, dev_labels: list, split: str) -> dict[str, float]:
+    """The dev metrics of a constant prediction: the most frequent training class, or the mean training score."""
+    n = len(dev_labels)
+    if spec.is_regression:
+        predictions = np.full(n, float(np.mean(train_labels)))
+    else:
+        predictions = np.zeros((n, spec.num_labels))
+        predictions[:, np.bincount(train_labels, minlength=spec.num_labels).argmax()] = 1.0
+    return compute_metrics(spec, predictions, np.asarray(dev_labels), split=split)
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One line a person reads: the dev score against the constant prediction, and what SoRA kept."""
+    metric = metrics["primary_metric"]
+    line = (
+        f"{metrics['method']} on {metrics['task']}: dev {metric} {100 * metrics['eval'][metric]:.1f} "
+        f"(constant prediction {100 * metrics['baseline'][metric]:.1f})"
+    )
+    if metrics["method"] == "sora":
+        live, total = sum(metrics["ranks"].values()), metrics["hyperparameters"]["r"] * len(metrics["ranks"])
+        line += f"; {live}/{total} ranks live, {total - live} pruned"
+    return line + f"; adapter {metrics['nonzero_params']:,} parameters, head {metrics['head_params']:,}"
 
 
 def _strip_eval(row: dict[str, float]) -> dict[str, float]:
