@@ -120,8 +120,8 @@ SCHEDULE_DEFAULT_TASKS = ("sst2", "mrpc", "stsb")
 LONG_SAMPLES = {"cola": None, "sst2": 8000, "mrpc": None, "stsb": None, "rte": None}
 LONG_METHODS = (("lora", "adalora", "sora-default"), ("full", "bitfit"))
 # The Defaults table (issue: defaults that learn): `sora train` exactly at its defaults, only task and data flags
-# (the whole train splits; SST-2 a seeded 20k subset), LoRA, SoRA and AdaLoRA, 3 seeds. The tasks that collapsed most
-# often at the old defaults (STS-B, MRPC) run first.
+# (the whole train splits; SST-2 a seeded 20k subset), LoRA, SoRA and AdaLoRA, 3 seeds: every cell of a seed before
+# the next seed, the tasks that collapsed most often at the old defaults (STS-B, MRPC) first.
 DEFAULTS_SAMPLES = {"stsb": None, "mrpc": None, "rte": None, "cola": None, "sst2": 20000}
 DEFAULTS_METHODS = ("lora", "sora-default", "adalora")
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried
@@ -428,8 +428,8 @@ class Runner:
     def defaults(self, seeds: list[int]) -> bool:
         """The Defaults table: no setting but the task, the data and the seed (``common={}``)."""
         complete = True
-        for task, samples in DEFAULTS_SAMPLES.items():
-            for seed in seeds:
+        for seed in seeds:
+            for task, samples in DEFAULTS_SAMPLES.items():
                 for method in DEFAULTS_METHODS:
                     got = self.run("defaults", task, method, seed, common={}, max_train_samples=samples)
                     complete &= got is not None
