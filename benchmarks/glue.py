@@ -18,6 +18,7 @@ Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them i
 - ``schedule``: the sparsifying scheduler (Figure 3) on ``SCHEDULE_TASKS``;
 - ``long``: Table 1 in longer runs (the whole train splits but SST-2's, ``LONG_SAMPLES``), where the tasks are
   learned, SoRA at the ``sora train`` defaults and every method at its default learning rate.
+- ``head``: the longer runs that stayed at chance with the pooler frozen, again with the pooler trained;
 - ``defaults``: the Defaults table, ``sora train`` with task and data flags only (``DEFAULTS_SAMPLES``).
 
 ``--stop-at HH:MM`` (UTC) launches no new run after that time. ``benchmarks/build_report.py`` turns the results into
@@ -124,6 +125,12 @@ LONG_METHODS = (("lora", "adalora", "sora-default"), ("full", "bitfit"))
 # the next seed, the tasks that collapsed most often at the old defaults (STS-B, MRPC) first.
 DEFAULTS_SAMPLES = {"stsb": None, "mrpc": None, "rte": None, "cola": None, "sst2": 20000}
 DEFAULTS_METHODS = ("lora", "sora-default", "adalora")
+# The head experiment: the longer runs that stayed at chance while another seed learned (pooler frozen), run again
+# with nothing changed but the code's head, which now trains the pooler: the controlled test of the cause.
+HEAD_RERUNS = (
+    ("stsb", "lora", 1), ("stsb", "lora", 2), ("stsb", "sora-default", 1), ("stsb", "sora-default", 2),
+    ("mrpc", "lora", 1), ("cola", "lora", 0), ("cola", "lora", 2), ("cola", "sora-default", 2),
+)  # fmt: skip
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried
 FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults")
 
@@ -425,6 +432,17 @@ class Runner:
             complete &= got is not None
         return complete
 
+    def head(self) -> bool:
+        """``HEAD_RERUNS``: the longer runs' settings (``long``) again, the pooler now trained."""
+        from sora.train import DEFAULT_LR
+
+        complete = True
+        for task, method, seed in HEAD_RERUNS:
+            lr = DEFAULT_LR[train_method(method)]
+            got = self.run("head", task, method, seed, lr=lr, max_train_samples=LONG_SAMPLES[task])
+            complete &= got is not None
+        return complete
+
     def defaults(self, seeds: list[int]) -> bool:
         """The Defaults table: no setting but the task, the data and the seed (``common={}``)."""
         complete = True
@@ -591,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "experiment",
-        choices=("xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "defaults", "all"),
+        choices=("xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "head", "defaults", "all"),
         nargs="+",
     )
     parser.add_argument(
