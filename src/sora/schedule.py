@@ -44,6 +44,7 @@ from .model import count_parameters, gate_ranks, load_sora, save_sora
 from .optim import SoraOptimizer
 from .prune import prune
 from .train import (
+    CLASSIFICATION,
     RUN_MARKER,
     TrainConfig,
     _export,
@@ -55,6 +56,7 @@ from .train import (
     _training_args,
     build,
     load_classifier,
+    task_family,
 )
 
 SCHEDULE_FILE = "schedule.json"
@@ -129,6 +131,8 @@ def run_schedule(
     """
     if cfg.method != "sora":
         raise SoraError(f"the sparsifying scheduler trains SoRA, not method {cfg.method!r}")
+    if task_family(cfg.task) is not CLASSIFICATION:
+        raise SoraError(f"the sparsifying scheduler runs classification tasks, not {cfg.task!r}")
     xis = _check_xis(xis)
     if not (isinstance(epochs_per_stage, int | float) and math.isfinite(epochs_per_stage) and epochs_per_stage > 0):
         raise SoraError(f"epochs_per_stage must be > 0, got {epochs_per_stage!r}")

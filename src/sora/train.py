@@ -3,7 +3,8 @@
 ``train(TrainConfig(...))`` fine-tunes a sequence classifier with one of ``METHODS``, keeps the best dev checkpoint
 (as the paper does), exports the final adapter (SoRA pruned to a standard LoRA adapter) and writes the run folder:
 ``metrics.json``, ``adapter/``, ``ranks.json``, ``ranks.png``, ``train_log.jsonl``, ``checkpoints/``.
-``evaluate_adapter`` scores an exported adapter the same way (``sora eval``).
+``evaluate_adapter`` scores an exported adapter the same way (``sora eval``). The loop is shared by the task
+families (``TaskFamily``): classification here, causal-LM instruction tuning (``--task causal-lm``) in causal_lm.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,8 @@ class TrainConfig:
     report_to: str = "none"
     bf16: bool = False
     fp16: bool = False
+    gradient_checkpointing: bool = False
+    generate_eval: int | None = None  # causal-lm: greedy generations for this many validation prompts
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -114,7 +118,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise SoraError(f"{name} must be > 0, got {value!r}")
-        for name in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "gate_lr"):
+        for name in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "gate_lr", "generate_eval"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise SoraError(f"{name} must be > 0, got {value!r}")
@@ -125,7 +129,7 @@ class TrainConfig:
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise SoraError("weight_decay and max_grad_norm must be >= 0")
         if self.model is None:
-            self.model = default_model()
+            self.model = task_family(self.task).default_model()
 
     def hyperparameters(self) -> dict[str, Any]:
         skip = {"task", "output_dir", "method", "model", "data_dir", "train_file", "validation_file"}
@@ -134,6 +138,28 @@ class TrainConfig:
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """What the shared training loop needs from a family of tasks: sequence classification (GLUE and custom data,
+    ``CLASSIFICATION`` below) or causal-LM instruction tuning (``sora.causal_lm.FAMILY``)."""
+
+    task_type: str  # PEFT's task type
+    default_model: Callable[[], str]
+    load: Callable[[TrainConfig], tuple[Any, Any, Dataset, dict[str, Dataset], torch.nn.Module]]  # data ... model
+    heads: Callable[[torch.nn.Module], list[str]]  # modules every method trains in full (PEFT: modules_to_save)
+    baseline: Callable[[Any, list, list, str], dict[str, float]]  # (spec, train labels, dev labels, split) -> scores
+    collator: Callable[[Any], Any]  # tokenizer -> the Trainer's data collator
+    trainer_metrics: Callable[[Any, str], Any]  # (spec, split) -> the Trainer's compute_metrics, or None
+    evaluate: Callable[..., dict[str, float]]  # scores an exported adapter: evaluate_adapter's signature
+
+
+def task_family(task: str) -> TaskFamily:
+    """The family of ``task``: ``causal-lm`` is causal-LM tuning, every other task is classification."""
+    from .causal_lm import FAMILY, TASK  # causal_lm builds on this module
+
+    return FAMILY if task == TASK else CLASSIFICATION
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,11 +235,12 @@ def _has_parameters(module: torch.nn.Module) -> bool:
 def build(cfg: TrainConfig, model: torch.nn.Module, total_steps: int) -> tuple[torch.nn.Module, Any]:
     """Wrap ``model`` for ``cfg.method``; returns the model and its optimizer (None: the Trainer's AdamW)."""
     targets = SoraConfig(r_max=cfg.r).resolve_target_modules(model.config.model_type)
-    heads = head_modules(model)
+    family = task_family(cfg.task)
+    heads = family.heads(model)
     common = {
         "lora_alpha": cfg.lora_alpha,
         "lora_dropout": cfg.lora_dropout,
-        "task_type": "SEQ_CLS",
+        "task_type": family.task_type,
         "modules_to_save": heads,
     }
     if cfg.method == "sora":
@@ -415,7 +442,11 @@ def _training_args(
     # reallocated model: for AdaLoRA the final model is kept. Keeping the best also needs saves on eval steps.
     aligned = (cfg.save_steps or 0) % (cfg.eval_steps or 1) == 0 and bool(cfg.save_steps) == bool(cfg.eval_steps)
     if evaluate and cfg.method != "adalora" and aligned:
-        best = {"load_best_model_at_end": True, "metric_for_best_model": spec.primary_metric, "greater_is_better": True}
+        best = {
+            "load_best_model_at_end": True,
+            "metric_for_best_model": spec.primary_metric,
+            "greater_is_better": spec.primary_metric != "loss",  # the causal-LM family selects on eval_loss
+        }
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -436,6 +467,7 @@ def _training_args(
         train_sampling_strategy="group_by_length",
         bf16=cfg.bf16,
         fp16=cfg.fp16,
+        activation_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
         **strategy,
         **save,
@@ -464,7 +496,9 @@ def _prepare_output(cfg: TrainConfig, resume: bool) -> Path:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise SoraError(f"{marker} is corrupt: cannot resume this run") from None
         mine = json.loads(json.dumps(asdict(cfg)))
-        changed = sorted(k for k in mine if saved.get(k) != mine[k])
+        # a setting added after the run was started counts as its default there
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        changed = sorted(k for k in mine if saved.get(k, defaults[k]) != mine[k])
         if changed:
             raise SoraError(f"--resume with other settings than the run in {out}: {', '.join(changed)} differ")
     return out
@@ -504,6 +538,14 @@ def _load_inputs(cfg: TrainConfig) -> tuple[TaskData, Any, Dataset, dict[str, Da
     return data, tokenizer, train_set, dev
 
 
+def _load_classification(cfg: TrainConfig) -> tuple[TaskData, Any, Dataset, dict[str, Dataset], torch.nn.Module]:
+    """The task, tokenizer, training set, dev splits and classifier of a classification run."""
+    if cfg.generate_eval:
+        raise SoraError("--generate-eval is for task causal-lm: a classifier generates no text")
+    data, tokenizer, train_set, dev = _load_inputs(cfg)
+    return data, tokenizer, train_set, dev, load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
+
+
 def _is_main_process() -> bool:
     """Global rank 0, or not distributed (torchrun and ``accelerate launch`` set ``RANK``)."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -518,9 +560,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     main = _is_main_process()
     out = _prepare_output(cfg, resume) if main else Path(cfg.output_dir)
     transformers.set_seed(cfg.seed)
-    data, tokenizer, train_set, dev = _load_inputs(cfg)
-    model = load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
-    head_params = sum(p.numel() for name in head_modules(model) for p in model.get_submodule(name).parameters())
+    family = task_family(cfg.task)
+    data, tokenizer, train_set, dev, model = family.load(cfg)
+    head_params = sum(p.numel() for name in family.heads(model) for p in model.get_submodule(name).parameters())
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # the per-device batch is cfg.batch_size
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world_size))
@@ -540,9 +582,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         args=args,
         train_dataset=train_set,
         eval_dataset=dev[main_split],
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=family.collator(tokenizer),
         processing_class=tokenizer,
-        compute_metrics=_trainer_metrics(data.spec, main_split),
+        compute_metrics=family.trainer_metrics(data.spec, main_split),
         optimizers=(optimizer, None),
         callbacks=[hooks],
     )
@@ -564,7 +606,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     adapter = _export(model, tokenizer, data, cfg, out / "adapter") if main else out / "adapter"
     trainer.accelerator.wait_for_everyone()  # every process scores the exported files (a distributed predict)
     # score the exported files on every dev split, so `sora eval` reproduces these numbers
-    scores = evaluate_adapter(
+    scores = family.evaluate(
         adapter, data=data, batch_size=cfg.batch_size * 2, max_eval_samples=cfg.max_eval_samples, seed=cfg.seed
     )
     metrics = {
@@ -581,7 +623,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         "trainable_params": trainable,
         "nonzero_params": nonzero,
         "head_params": head_params,
-        "baseline": majority_baseline(data.spec, train_set["labels"], dev[main_split]["labels"], main_split),
+        "baseline": family.baseline(data.spec, train_set["labels"], dev[main_split]["labels"], main_split),
         "ranks": ranks,
         "train_samples": len(train_set),
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -606,9 +648,13 @@ def majority_baseline(spec: TaskSpec, train_labels: list, dev_labels: list, spli
 def summary_line(metrics: dict[str, Any]) -> str:
     """One line a person reads: the dev score against the constant prediction, and what SoRA kept."""
     metric = metrics["primary_metric"]
+
+    def shown(value: float) -> str:  # the GLUE metrics in percent, the causal-LM loss in nats per trained token
+        return f"{value:.3f}" if metric == "loss" else f"{100 * value:.1f}"
+
     line = (
-        f"{metrics['method']} on {metrics['task']}: dev {metric} {100 * metrics['eval'][metric]:.1f} "
-        f"(constant prediction {100 * metrics['baseline'][metric]:.1f})"
+        f"{metrics['method']} on {metrics['task']}: dev {metric} {shown(metrics['eval'][metric])} "
+        f"(constant prediction {shown(metrics['baseline'][metric])})"
     )
     if metrics["method"] == "sora":
         live, total = sum(metrics["ranks"].values()), metrics["hyperparameters"]["r"] * len(metrics["ranks"])
@@ -633,27 +679,36 @@ def _write_ranks(out: Path, ranks: dict[str, int], r_max: int | None, method: st
 # evaluation of an exported adapter
 
 
-def _load_exported(adapter: Path, model_name: str | None) -> tuple[torch.nn.Module, Any, TaskSpec, dict]:
+def _saved_task(adapter: Path) -> dict[str, Any]:
+    """The task file ``sora train`` writes beside an exported adapter: task spec, max_seq_length, method."""
     task_file = adapter / TASK_FILE
     if not task_file.is_file():
         raise SoraError(f"{adapter}: not an adapter written by `sora train` (no {TASK_FILE})")
-    info = json.loads(task_file.read_text(encoding="utf-8"))
+    return json.loads(task_file.read_text(encoding="utf-8"))
+
+
+def _load_exported(adapter: Path, model_name: str | None) -> tuple[torch.nn.Module, Any, TaskSpec, dict]:
+    info = _saved_task(adapter)
     spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["spec"].items()})
     tokenizer = load_tokenizer(str(adapter))
     adapter_config = adapter / "adapter_config.json"
     if not adapter_config.is_file():  # full / BitFit: a whole model
         return load_classifier(str(adapter), spec, tokenizer), tokenizer, spec, info
     base_name = model_name or json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
-    base = load_classifier(base_name, spec, tokenizer)
+    model = _load_peft(load_classifier(base_name, spec, tokenizer), adapter, base_name)
+    return model, tokenizer, spec, info
+
+
+def _load_peft(base: torch.nn.Module, adapter: Path, base_name: str) -> PeftModel:
+    """The PEFT adapter in ``adapter`` on ``base`` (the model ``base_name``), read from safetensors only."""
     _check_safe_weights(adapter)
     try:
-        model = PeftModel.from_pretrained(base, str(adapter))
+        return PeftModel.from_pretrained(base, str(adapter))
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         # torch's load_state_dict error opens with a bare heading; its first "size mismatch" line names the tensor
         lines = [line.strip() for line in str(e).splitlines() if line.strip().startswith("size mismatch")]
         detail = lines[0] if lines else _first_line(e)
         raise SoraError(f"{adapter}: the adapter does not fit model {base_name!r}: {detail}") from None
-    return model, tokenizer, spec, info
 
 
 def _check_safe_weights(adapter: Path) -> None:
@@ -684,6 +739,19 @@ def evaluate_adapter(
     adapter = Path(adapter)
     if not adapter.is_dir():
         raise SoraError(f"{adapter}: no such adapter folder")
+    family = task_family(_saved_task(adapter)["spec"]["name"])
+    if family is not CLASSIFICATION:  # a causal-LM adapter
+        return family.evaluate(
+            adapter,
+            task=task,
+            data=data,
+            data_dir=data_dir,
+            validation_file=validation_file,
+            batch_size=batch_size,
+            max_eval_samples=max_eval_samples,
+            seed=seed,
+            model_name=model_name,
+        )
     model, tokenizer, spec, info = _load_exported(adapter, model_name)
     if data is None:
         if task not in (None, spec.name):
@@ -718,3 +786,15 @@ def _score(
         # without labels the model computes no loss (AdaLoRA's loss needs its training state): logits only
         prediction = trainer.predict(dataset.remove_columns("labels"))
     return compute_metrics(spec, _logits(prediction), np.asarray(dataset["labels"]), split=split)
+
+
+CLASSIFICATION = TaskFamily(
+    task_type="SEQ_CLS",
+    default_model=default_model,
+    load=_load_classification,
+    heads=head_modules,
+    baseline=majority_baseline,
+    collator=DataCollatorWithPadding,
+    trainer_metrics=_trainer_metrics,
+    evaluate=evaluate_adapter,
+)

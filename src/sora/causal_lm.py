@@ -1,0 +1,379 @@
+"""The causal-LM task family: instruction tuning of decoder models (``sora train --task causal-lm``).
+
+Records (JSONL or CSV), each in one of three shapes:
+
+- ``{"prompt", "completion"}``: the loss covers the completion and the EOS token after it;
+- ``{"messages": [{"role", "content"}, ...]}``: rendered with the tokenizer's chat template; the loss covers what
+  the template writes for each assistant message (its end-of-turn tokens included);
+- ``{"text"}``: the loss covers every token.
+
+Every other token gets label -100, which the loss ignores. Sequences are cut at ``max_seq_length`` tokens and
+batched with dynamic padding, grouped by length (the shared loop's sampler). Scores: the loss per trainable token
+(``loss``) and ``perplexity = exp(loss)`` on the validation file, with the same masking; with ``generate_eval`` also
+greedy generations for the first N validation prompts and their ``exact_match`` against the reference completion.
+This module holds the family's data reading, masking, collator and metrics; the training loop is ``train.train``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict
+from jinja2 import TemplateError
+from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
+
+from . import _io
+from .data import _records, subsample
+from .errors import SoraError
+from .train import (
+    TaskFamily,
+    TrainConfig,
+    _first_line,
+    _is_main_process,
+    _load_peft,
+    _saved_task,
+    load_tokenizer,
+)
+
+TASK = "causal-lm"
+IGNORE = -100  # the label of a token outside the loss
+GENERATIONS_FILE = "generations.jsonl"
+METHODS = ("sora", "lora", "adalora", "full")
+
+
+@dataclass(frozen=True)
+class CausalLMSpec:
+    """What the run folder records about a causal-LM task (``sora_task.json``); lower ``loss`` is better."""
+
+    name: str = TASK
+    primary_metric: str = "loss"
+    validation_splits: tuple[str, ...] = ("validation",)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One encoded record: tokens, labels (-100 outside the loss) and, for a prompted record, what to generate from.
+
+    ``prompt_length`` is the number of tokens before the last trained span (None for ``text`` records), and
+    ``reference`` the text that span should hold (the completion, or the last assistant message).
+    """
+
+    where: str
+    input_ids: list[int]
+    labels: list[int]
+    prompt_length: int | None = None
+    reference: str | None = None
+
+
+@dataclass
+class CausalLMData:
+    """A loaded causal-LM task: the encoded splits, the validation prompts, and where generations go."""
+
+    spec: CausalLMSpec
+    splits: DatasetDict
+    prompts: list[Example]
+    generate_eval: int | None = None
+    generations_file: Path | None = None
+
+    @property
+    def validation_splits(self) -> tuple[str, ...]:
+        return self.spec.validation_splits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# records -> tokens and labels
+
+
+def encode_record(record: dict[str, Any], tokenizer: Any, max_seq_length: int, where: str) -> Example:
+    """Tokens and masked labels of one record; ``where`` (``file:line``) opens every error message."""
+    if "messages" in record:
+        example = _encode_chat(record["messages"], tokenizer, where)
+    elif "prompt" in record or "completion" in record:
+        example = _encode_prompt_completion(record, tokenizer, where)
+    elif "text" in record:
+        text = _text(record, "text", where)
+        ids = tokenizer(text)["input_ids"] + [_eos(tokenizer)]
+        example = Example(where, ids, list(ids))
+    else:
+        fields = ", ".join(map(str, record)) or "none"
+        raise SoraError(f"{where}: expected fields prompt and completion, messages, or text (fields: {fields})")
+    labels = example.labels[:max_seq_length]
+    if all(label == IGNORE for label in labels[1:]):  # the first token is never predicted
+        raise SoraError(
+            f"{where}: no trainable token left after truncation to {max_seq_length} tokens "
+            "(raise --max-seq-length or shorten the prompt)"
+        )
+    return Example(where, example.input_ids[:max_seq_length], labels, example.prompt_length, example.reference)
+
+
+def _text(record: dict[str, Any], field: str, where: str) -> str:
+    if field not in record:
+        raise SoraError(f"{where}: no field {field!r} (fields: {', '.join(map(str, record))})")
+    value = record[field]
+    if not isinstance(value, str):
+        raise SoraError(f"{where}: field {field!r} holds {type(value).__name__}, expected text")
+    if field != "prompt" and not value.strip():
+        raise SoraError(f"{where}: field {field!r} is empty")
+    return value
+
+
+def _eos(tokenizer: Any) -> int:
+    if tokenizer.eos_token_id is None:
+        raise SoraError("the tokenizer has no EOS token: completions cannot end")
+    return tokenizer.eos_token_id
+
+
+def _encode_prompt_completion(record: dict[str, Any], tokenizer: Any, where: str) -> Example:
+    prompt, completion = _text(record, "prompt", where), _text(record, "completion", where)
+    prompt_ids = tokenizer(prompt)["input_ids"]  # with BOS where the tokenizer adds one
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [_eos(tokenizer)]
+    ids = prompt_ids + completion_ids
+    return Example(where, ids, [IGNORE] * len(prompt_ids) + completion_ids, len(prompt_ids), completion)
+
+
+def _encode_chat(messages: Any, tokenizer: Any, where: str) -> Example:
+    """Render ``messages`` with the chat template; train the characters each assistant message adds.
+
+    An assistant turn's span runs from the end of the conversation before it rendered with the generation prompt to
+    the end of the conversation up to it; a token is trained when it starts inside a span.
+    """
+    if not (isinstance(messages, list) and messages and all(_is_message(m) for m in messages)):
+        raise SoraError(f"{where}: messages must be a non-empty list of {{role, content}} objects with text values")
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns or any(not messages[i]["content"].strip() for i in turns):
+        raise SoraError(f"{where}: messages need at least one assistant message, and none may be empty")
+    if not getattr(tokenizer, "chat_template", None):
+        raise SoraError(f"{where}: messages need a chat template, and this tokenizer has none (use prompt/completion)")
+
+    def render(upto: int, generation_prompt: bool) -> str:
+        try:
+            return tokenizer.apply_chat_template(
+                messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
+            )
+        except (TemplateError, ValueError, TypeError) as e:  # e.g. a role order the template refuses
+            raise SoraError(f"{where}: the chat template fails on these messages: {_first_line(e)}") from None
+
+    text = render(len(messages), False)
+    spans = []
+    for i in turns:
+        start, end = render(i, True), render(i + 1, False)
+        if not (text.startswith(end) and end.startswith(start)):
+            raise SoraError(f"{where}: the chat template does not render a conversation as a prefix of a longer one")
+        spans.append((len(start), len(end)))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    labels = [t if any(a <= s < b for a, b in spans) else IGNORE for t, (s, _) in zip(ids, offsets, strict=True)]
+    prompt_length = sum(1 for s, _ in offsets if s < spans[-1][0])
+    return Example(where, ids, labels, prompt_length, messages[turns[-1]]["content"])
+
+
+def _is_message(m: Any) -> bool:
+    return isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+
+
+def read_examples(path: str | Path, tokenizer: Any, max_seq_length: int) -> list[Example]:
+    """Every record of a JSONL or CSV file, encoded; a bad record is a SoraError naming ``file:line``."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise SoraError(f"{path}: unknown file type {path.suffix!r}; expected .jsonl, .json (JSON Lines) or .csv")
+    examples = [encode_record(r, tokenizer, max_seq_length, f"{path}:{line}") for line, r in _records(path, None)]
+    if not examples:
+        raise SoraError(f"{path}: no data rows")
+    return examples
+
+
+def to_dataset(examples: list[Example]) -> Dataset:
+    """The examples as the Trainer's columns: ``input_ids``, ``attention_mask``, ``labels``."""
+    return Dataset.from_dict(
+        {
+            "input_ids": [e.input_ids for e in examples],
+            "attention_mask": [[1] * len(e.input_ids) for e in examples],
+            "labels": [e.labels for e in examples],
+        }
+    )
+
+
+def collator(tokenizer: Any) -> DataCollatorForSeq2Seq:
+    """Dynamic padding: pad tokens, attention mask 0 and label -100 on the right."""
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models and inputs
+
+
+def load_model(name: str, tokenizer: Any) -> torch.nn.Module:
+    """A pretrained decoder with an LM head (a local folder or a hub name), from safetensors weights only."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise SoraError(f"cannot load model {name!r}: {_first_line(e)}") from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def _causal_tokenizer(name: str) -> Any:
+    tokenizer = load_tokenizer(name)
+    tokenizer.padding_side = "right"  # positions count from the first token; labels pad on the same side
+    return tokenizer
+
+
+def load(cfg: TrainConfig) -> tuple[CausalLMData, Any, Dataset, dict[str, Dataset], torch.nn.Module]:
+    """The data, tokenizer, training set, dev split and model of a ``causal-lm`` run."""
+    if cfg.method not in METHODS:
+        raise SoraError(f"task {TASK} trains with {', '.join(METHODS)}, not {cfg.method!r}")
+    if cfg.data_dir is not None or cfg.text_columns is not None:
+        raise SoraError(f"--data-dir and --text-columns are for classification tasks, not {TASK}")
+    if cfg.train_file is None or cfg.validation_file is None:
+        raise SoraError(f"task {TASK} needs --train-file and --validation-file (JSONL or CSV)")
+    tokenizer = _causal_tokenizer(cfg.model)
+    train_examples = read_examples(cfg.train_file, tokenizer, cfg.max_seq_length)
+    dev_examples = read_examples(cfg.validation_file, tokenizer, cfg.max_seq_length)
+    prompts = [e for e in dev_examples if e.prompt_length is not None]
+    if cfg.generate_eval and not prompts:
+        raise SoraError(f"{cfg.validation_file}: --generate-eval needs prompt/completion or messages records")
+    data = CausalLMData(
+        CausalLMSpec(),
+        DatasetDict({"train": to_dataset(train_examples), "validation": to_dataset(dev_examples)}),
+        prompts,
+        cfg.generate_eval,
+        Path(cfg.output_dir) / GENERATIONS_FILE,
+    )
+    train_set = subsample(data.splits["train"], cfg.max_train_samples, cfg.seed)
+    dev = {"validation": subsample(data.splits["validation"], cfg.max_eval_samples, cfg.seed)}
+    return data, tokenizer, train_set, dev, load_model(cfg.model, tokenizer)
+
+
+def _no_default_model() -> str:
+    raise SoraError(f"task {TASK} needs --model (a decoder folder or hub name): no decoder model is embedded")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scores
+
+
+@torch.no_grad()
+def masked_loss(model: torch.nn.Module, tokenizer: Any, dataset: Dataset, batch_size: int) -> dict[str, float]:
+    """``loss``: the mean negative log-likelihood per trainable token; ``perplexity``: ``exp(loss)``."""
+    model.eval()
+    device = next(model.parameters()).device
+    pad = collator(tokenizer)
+    total, count = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = pad([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        ).item()
+        count += int((labels != IGNORE).sum())
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+def unigram_baseline(
+    spec: CausalLMSpec, train_labels: list[list[int]], dev_labels: list[list[int]], split: str
+) -> dict[str, float]:
+    """The scores of a constant prediction: every trained dev token predicted by the trained-token frequencies of the
+    training set (add-one smoothed over the token ids either set trains)."""
+    counts = Counter(t for labels in train_labels for t in labels[1:] if t != IGNORE)
+    targets = [t for labels in dev_labels for t in labels[1:] if t != IGNORE]
+    vocabulary = set(counts) | set(targets)
+    total = sum(counts.values()) + len(vocabulary)
+    loss = -sum(math.log((counts[t] + 1) / total) for t in targets) / len(targets)
+    return {"loss": loss, "perplexity": math.exp(loss)}
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[Example]) -> list[dict[str, Any]]:
+    """Greedy generations for ``prompts``, each as long as its reference span, and whether they match it exactly."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    for example in prompts:
+        ids = torch.tensor([example.input_ids[: example.prompt_length]], device=device)
+        budget = sum(1 for label in example.labels[example.prompt_length :] if label != IGNORE)
+        output = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max(budget, 1),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        text = tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
+        rows.append(
+            {
+                "where": example.where,
+                "prompt": tokenizer.decode(ids[0]),
+                "reference": example.reference,
+                "generation": text,
+                "exact_match": text.strip() == example.reference.strip(),
+            }
+        )
+    return rows
+
+
+def _load_exported(adapter: Path, model_name: str | None) -> tuple[torch.nn.Module, Any]:
+    tokenizer = _causal_tokenizer(str(adapter))
+    adapter_config = adapter / "adapter_config.json"
+    if not adapter_config.is_file():  # full fine-tuning: a whole model
+        return load_model(str(adapter), tokenizer), tokenizer
+    base_name = model_name or json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    return _load_peft(load_model(base_name, tokenizer), adapter, base_name), tokenizer
+
+
+def evaluate_adapter(
+    adapter: str | Path,
+    *,
+    task: str | None = None,
+    data: CausalLMData | None = None,
+    data_dir: str | None = None,
+    validation_file: str | None = None,
+    batch_size: int = 64,
+    max_eval_samples: int | None = None,
+    seed: int = 42,
+    model_name: str | None = None,
+) -> dict[str, float]:
+    """Loss and perplexity of an exported causal-LM adapter (or full model) on the validation records.
+
+    ``data`` (from training) or ``validation_file``. With ``data.generate_eval`` = N, the first N validation prompts
+    are generated greedily into ``data.generations_file`` (JSON Lines) and ``exact_match`` is their matched share.
+    """
+    adapter = Path(adapter)
+    if task not in (None, TASK) or data_dir is not None:
+        raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file, no other task or data")
+    model, tokenizer = _load_exported(adapter, model_name)
+    if data is None:
+        if validation_file is None:
+            raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file")
+        max_seq_length = _saved_task(adapter)["max_seq_length"]
+        examples = read_examples(validation_file, tokenizer, max_seq_length)
+        data = CausalLMData(CausalLMSpec(), DatasetDict({"validation": to_dataset(examples)}), [])
+    dataset = subsample(data.splits["validation"], max_eval_samples, seed)
+    scores = masked_loss(model, tokenizer, dataset, batch_size)
+    if data.generate_eval:
+        rows = generate(model, tokenizer, data.prompts[: data.generate_eval])
+        scores["exact_match"] = sum(r["exact_match"] for r in rows) / len(rows)
+        if data.generations_file is not None and _is_main_process():
+            _io.write_text(data.generations_file, "".join(json.dumps(r) + "\n" for r in rows))
+    return scores
+
+
+FAMILY = TaskFamily(
+    task_type="CAUSAL_LM",
+    default_model=_no_default_model,
+    load=load,
+    heads=lambda model: [],  # the LM head stays frozen: LLM servers load LoRA tensors only, no modules_to_save
+    baseline=unigram_baseline,
+    collator=collator,
+    trainer_metrics=lambda spec, split: None,  # the Trainer's eval_loss selects the checkpoint
+    evaluate=evaluate_adapter,
+)
