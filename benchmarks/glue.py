@@ -43,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "glue"
+# A GPU session writes its results apart (benchmarks/gpu_defaults.sh) and loads the model from a carried folder.
+RESULTS = Path(os.environ.get("SORA_BENCH_RESULTS", ROOT / "benchmarks" / "results" / "glue"))
+MODEL = os.environ.get("SORA_DEVICE_MODEL")  # None: the embedded MiniLM
 DEFAULT_SCRATCH = "/tmp/sora-bench"
 DEFAULT_DATA_DIR = os.environ.get("GLUE_DIR", "/work/shared/data/glue")
 
@@ -320,7 +322,7 @@ class Runner:
             settings = {**common, "max_train_samples": TRAIN_SAMPLES[task], **overrides}
             cfg = TrainConfig(
                 task=task, output_dir=str(out), method=train_method(method), data_dir=self.data_dir, r=r, seed=seed,
-                **settings,
+                model=MODEL, **settings,
             )  # fmt: skip
             print(f"[{_now()}] {experiment}/{name}: start", flush=True)
             load = os.getloadavg()
