@@ -265,6 +265,7 @@ def test_custom_arguments_on_glue_task_are_refused(glue_dir):
         ("stsb", STSB_HEADER + "0\tg\tf\ty\t0\ts\ts\ta\tb\tnan\n", r":2: label 'nan' is not a number"),
         ("sst2", "sentence\tlabel\ngood\t1\nbad\n", r"SST-2/train\.tsv:3: expected 2 columns, got 1$"),
         ("sst2", "sentence\tlabel\ngood\t1\tx\n", r":2: expected 2 columns, got 3$"),
+        ("sst2", "sentence\tlabel\ngood\t1\nbad\t\n", r"SST-2/train\.tsv:3: empty label in column 'label'$"),
         ("cola", "gj04\t1\t\tfine.\ngj04\t1\tno label\n", r"CoLA/train\.tsv:2: expected 4 columns, got 3$"),
         ("sst2", b"sentence\tlabel\ngood\t1\nbad \xff\t0\n", r"SST-2/train\.tsv:3: not UTF-8 \(byte 0xff\)$"),
         ("sst2", "", r"SST-2/train\.tsv: no data rows$"),
@@ -295,6 +296,7 @@ def test_glue_errors(tmp_path, glue_dir, task, train, message):
         ("t.csv", "v.txt", {"text_columns": ["text"]}, r"v\.txt: unknown file type '\.txt'"),
         ("t.csv", "missing.csv", {"text_columns": ["text"]}, r"missing\.csv: cannot read \(No such file"),
         ("t.csv", None, {"text_columns": ["text"]}, r"needs both train_file and validation_file"),
+        ("blank.csv", "v.csv", {"text_columns": ["text"]}, r"blank\.csv:3: empty label in column 'label'$"),
     ],
 )  # fmt: skip
 def test_custom_errors(tmp_path, train, validation, kwargs, message):
@@ -302,6 +304,7 @@ def test_custom_errors(tmp_path, train, validation, kwargs, message):
     write(tmp_path / "v.csv", "text,label\nhi,yes\n")
     write(tmp_path / "v.txt", "text,label\nhi,yes\n")
     write(tmp_path / "unseen.csv", "text,label\nhi,yes\nhm,maybe\n")
+    write(tmp_path / "blank.csv", "text,label\nhi,yes\nhm, \n")
     write(tmp_path / "empty.jsonl", "\n")
     write(tmp_path / "header.csv", "text,label\n")
     write(tmp_path / "bad.jsonl", '{"text": "a", "label": "yes"}\n{"text": "b", "label": yes}\n')
