@@ -464,11 +464,13 @@ class Runner:
                 complete &= got is not None
         return complete
 
-    def defaults(self, seeds: list[int]) -> bool:
+    def defaults(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
         """The Defaults table: no setting but the task, the data and the seed (``common={}``)."""
         complete = True
         for seed in seeds:
             for task, samples in DEFAULTS_SAMPLES.items():
+                if tasks and task not in tasks:
+                    continue
                 for method in DEFAULTS_METHODS:
                     got = self.run("defaults", task, method, seed, common={}, max_train_samples=samples)
                     complete &= got is not None
@@ -636,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="Table 1, long-run and defaults seeds (default: 0 1 2)"
     )
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="defaults: only these tasks")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
     parser.add_argument("--scratch", default=os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
     parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
@@ -667,8 +670,10 @@ def main(argv: list[str] | None = None) -> int:
                 ("table1", lambda: runner.table1([0, 1, 2])),
                 ("long", lambda: runner.long([0, 1, 2])),
             ]
-        elif experiment in ("table1", "long", "defaults"):
+        elif experiment in ("table1", "long"):
             plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds)))
+        elif experiment == "defaults":
+            plan.append((experiment, functools.partial(runner.defaults, args.seeds, args.tasks)))
         else:
             plan.append((experiment, getattr(runner, experiment)))
     complete = True
