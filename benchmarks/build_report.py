@@ -1349,6 +1349,17 @@ def remaining(t1, t2, speed, schedules, long) -> str:
     if len(schedules) < n_sched:
         todo.append(f"- Figure 3: {n_sched - len(schedules)} of {n_sched} schedules not run: "
                     "`python benchmarks/glue.py schedule`")  # fmt: skip
+    defaults = load("defaults")
+    jobs = [glue.run_name(t, m, glue.RANK, s) for s in seeds for t in glue.DEFAULTS_SAMPLES
+            for m in glue.DEFAULTS_METHODS]  # fmt: skip
+    if missing := [n for n in jobs if n not in defaults]:
+        todo.append(f"- Defaults table: {len(missing)} of {len(jobs)} runs not run (e.g. {', '.join(missing[:3])}): "
+                    "`python benchmarks/glue.py defaults`, or all of it on a lent GPU in one call: "
+                    "`benchmarks/gpu_defaults.sh`")  # fmt: skip
+    if len(load("head")) < len(glue.HEAD_RERUNS):
+        todo.append("- The head experiment: `python benchmarks/glue.py head`")
+    if len(load("fullft")) < len(glue.FULL_FT_TASKS) * len(glue.FULL_FT_LRS):
+        todo.append("- Full fine-tuning's learning rate on RTE and CoLA (the bars): `python benchmarks/glue.py fullft`")
     todo.append("- The runner is resumable: `python benchmarks/glue.py all` continues where these results stop.")
     todo.append(
         "- Not done: a learning-rate search for the longer runs (every method runs at its `sora train` default "
