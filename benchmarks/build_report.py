@@ -569,6 +569,23 @@ def gap_text(diffs: list[float]) -> str:
     return f"{mean:+.1f} ± {2 * sem:.1f} ({word}, {len(diffs)} seeds)"
 
 
+def fullft_text(results: dict[str, dict[str, Any]]) -> str:
+    """Full fine-tuning's learning-rate search on the tasks with the hardest bars: what this backbone can reach."""
+    parts = []
+    for task in glue.FULL_FT_TASKS:
+        trials = [results.get(glue.run_name(task, "full", glue.RANK, 0, k)) for k in range(len(glue.FULL_FT_LRS))]
+        done = [(lr, score(r)) for lr, r in zip(glue.FULL_FT_LRS, trials, strict=True) if r]
+        if done:
+            best = max(done, key=lambda x: x[1])
+            parts.append(
+                f"{TASK_NAMES[task]}: " + ", ".join(f"lr {lr:g} {v:.1f}" for lr, v in done)
+                + f" (best {best[1]:.1f}; bar {BARS[task]:g})"
+            )
+    if not parts:
+        return "Full fine-tuning at its best learning rate (the reference for the bars): not measured yet."
+    return "Full fine-tuning at `sora train`'s defaults but the learning rate (seed 0): " + "; ".join(parts) + "."
+
+
 def glue_metric(task: str) -> str:
     from sora.data import TASKS
 
@@ -1161,6 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults_runs, defaults_failed = load("defaults"), load("defaults", failed=True)
     out.append("## Defaults: `sora train` with task and data flags only\n")
     out.append(defaults_section(defaults_runs, defaults_failed) + "\n")
+    out.append(fullft_text(load("fullft")) + "\n")
     out.append("### Why default runs stayed at chance: the frozen pooler\n")
     out.append(head_section(load("head"), long_all) + "\n")
     out.append(HEAD_NOTE + "\n")
