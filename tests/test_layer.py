@@ -1,9 +1,11 @@
+import copy
+
 import pytest
 import torch
-from conftest import bert12
+from conftest import bert12, example_inputs, model_output
 
 import sora
-from sora.layer import GatedLinear, gates
+from sora.layer import GatedLinear, detach_gate_fold, gates, lora_layers
 
 
 def test_soft_threshold_is_the_proximal_operator_of_l1():
@@ -37,3 +39,82 @@ def test_gates_start_at_gate_init_and_randn_follows_the_authors():
     randn = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4))  # the default
     values = torch.cat([g.detach() for g in gates(randn)])
     assert values.std() > 0.5 and not torch.equal(values, torch.ones_like(values))
+
+
+def _gated_model():
+    """A SoRA model as after some training: B non-zero, gates random with a few entries at zero."""
+    model = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4, task_type="SEQ_CLS"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+        for gate in gates(model)[::3]:
+            gate[1] = 0.0
+    return model
+
+
+def _fold_seen(model) -> list[bool]:
+    """Records, at every call of the first lora_B, whether the gate was folded into it."""
+    seen = []
+    lora_b = model.base_model.model.bert.encoder.layer[0].attention.self.query.lora_B["default"]
+    lora_b.register_forward_pre_hook(lambda module, args: seen.append(module.sora_weight is not None))
+    return seen
+
+
+def _loss_and_grads(model, seed: int = 0):
+    torch.manual_seed(seed)  # the same dropout masks
+    loss = model(**example_inputs("bert12"), labels=torch.tensor([0, 1, 1])).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _assert_same(result, expected):
+    torch.testing.assert_close(result[0], expected[0], rtol=1e-5, atol=1e-6)
+    assert result[1].keys() == expected[1].keys()
+    for name, grad in result[1].items():
+        torch.testing.assert_close(grad, expected[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_folded_gates_give_the_outputs_and_gradients_of_the_per_module_gate():
+    model = _gated_model().train()
+    reference = copy.deepcopy(model)
+    detach_gate_fold(reference.get_base_model())
+    seen, seen_ref = _fold_seen(model), _fold_seen(reference)
+    _assert_same(_loss_and_grads(model), _loss_and_grads(reference))
+    assert seen == [True] and seen_ref == [False]
+    # the fold lasts one forward pass: afterwards every layer is back to its own gate
+    for _, layer, adapter in lora_layers(model):
+        assert not layer.lora_A[adapter].sora_folded and layer.lora_B[adapter].sora_weight is None
+
+
+def test_a_forward_pass_that_raises_leaves_no_fold_behind():
+    model = _gated_model()
+    with pytest.raises(IndexError):
+        model(input_ids=torch.tensor([[10**6]]))
+    for _, layer, adapter in lora_layers(model):
+        assert not layer.lora_A[adapter].sora_folded and layer.lora_B[adapter].sora_weight is None
+
+
+def test_activation_checkpointing_runs_the_per_module_gate():
+    model = _gated_model().train()
+    expected = _loss_and_grads(copy.deepcopy(model))
+    model.get_base_model().activation_checkpointing_enable()
+    seen = _fold_seen(model)
+    _assert_same(_loss_and_grads(model), expected)
+    assert seen and not any(seen)
+
+
+def test_a_deep_copy_folds_its_own_gates():
+    model = _gated_model()
+    clone = copy.deepcopy(model)
+    inputs = example_inputs("bert12")
+    before = model_output(model, inputs)
+    with torch.no_grad():
+        for gate in gates(clone):
+            gate.zero_()
+    seen = _fold_seen(clone)
+    with clone.disable_adapter():
+        plain = model_output(clone, inputs)
+    torch.testing.assert_close(model_output(clone, inputs), plain)  # zero gates: the base model's outputs
+    torch.testing.assert_close(model_output(model, inputs), before)
+    assert seen == [True]

@@ -15,7 +15,7 @@ from torch import nn
 from ._io import atomic_write
 from .config import SoraConfig
 from .errors import SoraError
-from .layer import GatedLinear, add_gate, lora_layers
+from .layer import GatedLinear, add_gate, attach_gate_fold, lora_layers
 
 WEIGHTS_NAME = "sora_model.safetensors"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -25,7 +25,8 @@ def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
     """Wrap ``model`` in a PEFT LoRA model of rank ``r_max`` whose every LoRA module carries a gate ``g``.
 
     B starts at zero (PEFT's default init), so the outputs equal the base model's at creation. Trainable: A, B, the
-    gates and ``modules_to_save``.
+    gates and ``modules_to_save``. Each forward pass of the model folds all gates into B at once
+    (:class:`sora.layer.GateFold`), so the step costs about what a LoRA step costs.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     lora_config = config.to_lora_config(model_type)
@@ -37,7 +38,8 @@ def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
             f"target_modules {lora_config.target_modules!r} do not fit this {model_type or 'model'}: {first}"
         ) from None
     for _, layer, adapter in lora_layers(peft_model):
-        add_gate(layer.lora_A[adapter], config.gate_init)
+        add_gate(layer, adapter, config.gate_init)
+    attach_gate_fold(peft_model, peft_model.get_base_model())
     peft_model.sora_config = config
     return peft_model
 

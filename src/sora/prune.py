@@ -16,7 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from .errors import SoraError
-from .layer import GatedLinear, lora_layers
+from .layer import GatedLinear, detach_gate_fold, lora_layers
 from .model import _relative_name
 
 
@@ -64,6 +64,7 @@ def prune(model: PeftModel) -> PeftModel:
     if not pruned:
         raise SoraError("every gate is zero: no LoRA module survives pruning (lower xi)")
     config = pruned_config(model, {n: a.shape[0] for n, (a, _) in pruned.items()})
+    detach_gate_fold(model.get_base_model())
     base = model.unload()
     with torch.random.fork_rng(devices=[]):  # PEFT's init of the new layers must not move the training RNG
         result = get_peft_model(base, config)

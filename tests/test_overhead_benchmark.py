@@ -1,0 +1,59 @@
+"""benchmarks/overhead.py on CPU with tiny settings: the flags of its GPU mode (--model, --bf16, --device, --layers)
+run end to end and report the ratios. No timing is asserted: the numbers of one round at batch 2 mean nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+
+import pytest
+import torch
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("overhead", REPO / "benchmarks" / "overhead.py")
+overhead = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = overhead  # dataclasses look their module up there
+spec.loader.exec_module(overhead)
+
+TINY = ["--rounds", "1", "--warmup", "0", "--batch-size", "2", "--seq-len", "8", "--threads", "1", "--layers", "1"]
+
+
+@pytest.mark.parametrize(("model", "modules"), [("minilm", 6), ("deberta-v3-base", 6)])
+def test_cpu_run_with_bf16_autocast_reports_the_ratios(model, modules, tmp_path):
+    report = overhead.main([*TINY, "--model", model, "--bf16", "--output", str(tmp_path / "overhead.json")])
+    assert (tmp_path / "overhead.json").is_file()
+    assert report["settings"] | {"model": model, "device": "cpu", "bf16": True, "layers": 1} == report["settings"]
+    assert report["machine"]["device"] == "cpu"
+    for ratio in ("sora_over_lora", "sora_over_adalora", "gate_step_percent_of_sora_step"):
+        assert math.isfinite(report["ratios"][ratio]) and report["ratios"][ratio] > 0
+    gates = report["results"]["gate_step"]["trainable_params"]
+    assert gates == modules * overhead.RANK  # one layer: 6 adapted weights, r_max gate entries each
+
+
+def test_deberta_v3_base_config_is_the_published_one():
+    config = overhead.deberta_v3_base_config()
+    expected = {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "vocab_size": 128100,
+        "relative_attention": True,
+        "position_buckets": 256,
+        "norm_rel_ebd": "layer_norm",
+        "share_att_key": True,
+        "pos_att_type": ["p2c", "c2p"],
+        "max_relative_positions": -1,
+        "position_biased_input": False,
+        "type_vocab_size": 0,
+    }
+    assert {name: getattr(config, name) for name in expected} == expected
+
+
+def test_cuda_without_a_gpu_is_a_usage_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit):
+        overhead.main([*TINY, "--device", "cuda"])
+    assert "no CUDA device" in capsys.readouterr().err
