@@ -569,21 +569,20 @@ def gap_text(diffs: list[float]) -> str:
     return f"{mean:+.1f} ± {2 * sem:.1f} ({word}, {len(diffs)} seeds)"
 
 
-def fullft_text(results: dict[str, dict[str, Any]]) -> str:
-    """Full fine-tuning's learning-rate search on the tasks with the hardest bars: what this backbone can reach."""
+def lrsearch_text(results: dict[str, dict[str, Any]]) -> str:
+    """The learning-rate searches at the defaults otherwise: full fine-tuning (what this backbone can reach on the
+    hardest bars) and AdaLoRA (whether another rate lets it learn in 3 epochs)."""
     parts = []
-    for task in glue.FULL_FT_TASKS:
-        trials = [results.get(glue.run_name(task, "full", glue.RANK, 0, k)) for k in range(len(glue.FULL_FT_LRS))]
-        done = [(lr, score(r)) for lr, r in zip(glue.FULL_FT_LRS, trials, strict=True) if r]
-        if done:
-            best = max(done, key=lambda x: x[1])
-            parts.append(
-                f"{TASK_NAMES[task]}: " + ", ".join(f"lr {lr:g} {v:.1f}" for lr, v in done)
-                + f" (best {best[1]:.1f}; bar {BARS[task]:g})"
-            )
+    for method, (tasks, lrs) in glue.LR_SEARCH.items():
+        for task in tasks:
+            trials = [results.get(glue.run_name(task, method, glue.RANK, 0, k)) for k in range(len(lrs))]
+            done = [(lr, score(r)) for lr, r in zip(lrs, trials, strict=True) if r]
+            if done:
+                scores = ", ".join(f"lr {lr:g} {v:.1f}" for lr, v in done)
+                parts.append(f"{METHOD_NAMES[method]} on {TASK_NAMES[task]}: {scores} (bar {BARS[task]:g})")
     if not parts:
-        return "Full fine-tuning at its best learning rate (the reference for the bars): not measured yet."
-    return "Full fine-tuning at `sora train`'s defaults but the learning rate (seed 0): " + "; ".join(parts) + "."
+        return "Learning-rate searches (full fine-tuning for the bars, AdaLoRA): not measured yet."
+    return "Learning-rate searches at `sora train`'s defaults otherwise (seed 0): " + "; ".join(parts) + "."
 
 
 def glue_metric(task: str) -> str:
@@ -1178,7 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults_runs, defaults_failed = load("defaults"), load("defaults", failed=True)
     out.append("## Defaults: `sora train` with task and data flags only\n")
     out.append(defaults_section(defaults_runs, defaults_failed) + "\n")
-    out.append(fullft_text(load("fullft")) + "\n")
+    out.append(lrsearch_text(load("lrsearch")) + "\n")
     out.append("### Why default runs stayed at chance: the frozen pooler\n")
     out.append(head_section(load("head"), long_all) + "\n")
     out.append(HEAD_NOTE + "\n")
@@ -1376,8 +1375,8 @@ def remaining(t1, t2, speed, schedules, long) -> str:
                     "`benchmarks/gpu_defaults.sh`")  # fmt: skip
     if len(load("head")) < len(glue.HEAD_RERUNS):
         todo.append("- The head experiment: `python benchmarks/glue.py head`")
-    if len(load("fullft")) < len(glue.FULL_FT_TASKS) * len(glue.FULL_FT_LRS):
-        todo.append("- Full fine-tuning's learning rate on RTE and CoLA (the bars): `python benchmarks/glue.py fullft`")
+    if len(load("lrsearch")) < sum(len(tasks) * len(lrs) for tasks, lrs in glue.LR_SEARCH.values()):
+        todo.append("- Learning rates of full fine-tuning (the bars) and AdaLoRA: `python benchmarks/glue.py lrsearch`")
     todo.append("- The runner is resumable: `python benchmarks/glue.py all` continues where these results stop.")
     todo.append(
         "- Not done: a learning-rate search for the longer runs (every method runs at its `sora train` default "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Defaults table, the head experiment and full fine-tuning's learning-rate search on a lent GPU, in one device
+# The Defaults table, the head experiment and the learning-rate searches on a lent GPU, in one device
 # call. Prepare here (project root):  bash ../shared/gpu/pack.sh
 # then:  run(command="source .device/on-device.sh && bash benchmarks/gpu_defaults.sh", carry=[".device"], timeout_s=590)
 # Results come back as $OUT/glue-gpu.tar: untar it into benchmarks/results/ (it holds glue-gpu/<experiment>/*.json).
@@ -10,9 +10,9 @@ STOP=${STOP:-$(date -u -d "+7 minutes" +%H:%M)}
 export SORA_BENCH_RESULTS=/tmp/glue-gpu SORA_DEVICE_MODEL=${SORA_DEVICE_MODEL:-/tmp/minilm}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for w in $(seq "$WORKERS"); do
-  python3 benchmarks/glue.py defaults head fullft --data-dir "$GLUE_DIR" --stop-at "$STOP" > "/tmp/worker$w.log" 2>&1 &
+  python3 benchmarks/glue.py defaults head lrsearch --data-dir "$GLUE_DIR" --stop-at "$STOP" > "/tmp/worker$w.log" 2>&1 &
 done
 wait
-grep -h "defaults/\|head/\|fullft/" /tmp/worker*.log | grep -v ": start$" | tail -n 80
+grep -h "defaults/\|head/\|lrsearch/" /tmp/worker*.log | grep -v ": start$" | tail -n 80
 mkdir -p /tmp/pack/glue-gpu && cp -r /tmp/glue-gpu/. /tmp/pack/glue-gpu/
 tar -C /tmp/pack -cf "$OUT/glue-gpu.tar" glue-gpu && echo "results: $(find /tmp/glue-gpu -name '*.json' | wc -l) files"
