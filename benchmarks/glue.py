@@ -455,11 +455,13 @@ class Runner:
             complete &= got is not None
         return complete
 
-    def lrsearch(self) -> bool:
+    def lrsearch(self, only: list[str] | None = None) -> bool:
         """``LR_SEARCH``: method x task x learning rate at `sora train`'s defaults but the learning rate, seed 0."""
         complete = True
         for method, (tasks, lrs) in LR_SEARCH.items():
             for task in tasks:
+                if only and task not in only:
+                    continue
                 for k, lr in enumerate(lrs):
                     got = self.run("lrsearch", task, method, 0, trial=k, common={}, lr=lr, max_train_samples=None)
                     complete &= got is not None
@@ -639,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="Table 1, long-run and defaults seeds (default: 0 1 2)"
     )
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="defaults: only these tasks")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="defaults, lrsearch: only these tasks")
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
     parser.add_argument("--scratch", default=os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
     parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
@@ -675,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
             plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds)))
         elif experiment == "defaults":
             plan.append((experiment, functools.partial(runner.defaults, args.seeds, args.tasks)))
+        elif experiment == "lrsearch":
+            plan.append((experiment, functools.partial(runner.lrsearch, args.tasks)))
         else:
             plan.append((experiment, getattr(runner, experiment)))
     complete = True
