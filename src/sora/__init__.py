@@ -1,5 +1,6 @@
 """SoRA: Sparse Low-rank Adaptation (Ding et al., EMNLP 2023) as a drop-in on PEFT's LoRA."""
 
+from .budget import BudgetCallback, SparsityBudget, budget_step
 from .config import SoraConfig
 from .errors import SoraError
 from .layer import soft_threshold
@@ -8,9 +9,12 @@ from .optim import SoraOptimizer
 from .prune import prune
 
 __all__ = [
+    "BudgetCallback",
     "SoraConfig",
     "SoraError",
     "SoraOptimizer",
+    "SparsityBudget",
+    "budget_step",
     "count_parameters",
     "gate_ranks",
     "get_sora_model",

@@ -30,6 +30,14 @@ def _float_or_str(value: str) -> float | str:
         return value
 
 
+def _targets(text: str) -> list[float]:
+    """``--target-list``: comma-separated fractions of the r_max adapter."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise SoraError(f"--target-list takes comma-separated fractions such as 0.9,0.7,0.5, got {text!r}") from None
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     from .train import DEFAULT_LR, METHODS, TrainConfig
 
@@ -79,6 +87,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-to", default=d["report_to"], help="the Trainer's reporters: none, tensorboard, wandb, all")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--fp16", action="store_true")
+    p.add_argument("--torch-compile", action="store_true", help="compile the model with torch.compile")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
     p.add_argument(
         "--generate-eval", type=int, default=None, help="causal-lm: greedy generations for N validation prompts"
@@ -101,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="fine-tune with SoRA or a baseline; write a run folder")
     _add_train_options(train)
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--target-ratio", type=float, default=None, help="SoRA: keep this fraction of the r_max adapter (steers xi)"
+    )
+    budget.add_argument(
+        "--target-params", type=int, default=None, help="SoRA: keep this many non-zero adapter parameters (steers xi)"
+    )
 
     ev = sub.add_parser("eval", help="score an exported adapter on its task's dev set")
     ev.add_argument("--adapter", required=True)
@@ -119,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     sched.add_argument("--xi-start", type=float, default=None, help="xi of stage 1 (default: --xi)")
     sched.add_argument("--xi-max", type=float, default=None)
     sched.add_argument("--xi-list", default=None, help="explicit comma-separated xi values, instead of a schedule")
+    sched.add_argument(
+        "--target-list",
+        default=None,
+        help="budgets instead of xis: comma-separated fractions of the r_max adapter, one per stage (e.g. 0.9,0.5)",
+    )
     sched.add_argument("--stages", type=int, default=5)
     sched.add_argument("--epochs-per-stage", type=float, default=1.0)
 
@@ -178,13 +199,18 @@ def _run(argv: list[str]) -> int:
     elif args.command == "schedule":
         from .schedule import run_schedule, xi_values
 
-        if args.xi_list:
+        targets = _targets(args.target_list) if args.target_list else None
+        if targets and args.xi_list:
+            raise SoraError("give --target-list or --xi-list, not both")
+        if targets:
+            xis = [args.xi] * len(targets)  # each stage's budget steers xi from here
+        elif args.xi_list:
             xis = [float(v) for v in args.xi_list.split(",")]
         else:
             xis = xi_values(
                 args.xi_schedule, args.xi_start if args.xi_start is not None else args.xi, args.xi_max, args.stages
             )
-        rows = run_schedule(_train_config(args), xis, args.epochs_per_stage, resume=args.resume)
+        rows = run_schedule(_train_config(args), xis, args.epochs_per_stage, resume=args.resume, targets=targets)
         print(json.dumps({"output_dir": args.output_dir, "stages": len(rows)}))
     elif args.command == "ranks":
         from .analysis import analyze_ranks

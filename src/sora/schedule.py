@@ -38,6 +38,7 @@ from transformers import DataCollatorWithPadding, get_constant_schedule_with_war
 
 from . import _io
 from .analysis import plot_schedule_curves, read_train_log
+from .budget import BudgetCallback, SparsityBudget
 from .data import subsample
 from .errors import SoraError
 from .model import count_parameters, gate_ranks, load_sora, save_sora
@@ -107,7 +108,11 @@ def _schedule_name(xis: list[float]) -> str:
 
 
 def run_schedule(
-    cfg: TrainConfig, xis: list[float], epochs_per_stage: float, resume: bool = False
+    cfg: TrainConfig,
+    xis: list[float],
+    epochs_per_stage: float,
+    resume: bool = False,
+    targets: list[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Algorithm 1: train SoRA for ``epochs_per_stage`` epochs at each xi in turn; returns ``schedule.json``'s rows.
 
@@ -128,16 +133,26 @@ def run_schedule(
     Trainer seeds all RNGs with ``cfg.seed + stage`` (data order, dropout) and the learning rate depends on the
     global step alone, while the saved state is bit-exact (float32 safetensors): so a resumed schedule ends with the
     same gates and rows (``seconds`` aside) as an uninterrupted one on the same machine and software.
+
+    Budgets instead of xis: with ``targets`` (one fraction of the r_max adapter per stage, as many as ``xis``), each
+    stage attaches a :class:`~sora.budget.SparsityBudget` that steers xi from the stage's start count to its target
+    by the stage's end; the row's ``xi`` is then the controller's xi at the stage's end and ``target_params`` the
+    stage's target.
     """
     if cfg.method != "sora":
         raise SoraError(f"the sparsifying scheduler trains SoRA, not method {cfg.method!r}")
     if task_family(cfg.task) is not CLASSIFICATION:
         raise SoraError(f"the sparsifying scheduler runs classification tasks, not {cfg.task!r}")
     xis = _check_xis(xis)
+    if targets is not None:
+        if len(targets) != len(xis):
+            raise SoraError(f"a budget schedule needs one target per stage: {len(targets)} targets, {len(xis)} stages")
+        for target in targets:
+            SparsityBudget(target_ratio=target)  # checks the value
     if not (isinstance(epochs_per_stage, int | float) and math.isfinite(epochs_per_stage) and epochs_per_stage > 0):
         raise SoraError(f"epochs_per_stage must be > 0, got {epochs_per_stage!r}")
     out = _prepare_output(cfg, resume)
-    rows = _finished_rows(out, xis, epochs_per_stage) if resume else []
+    rows = _finished_rows(out, xis, epochs_per_stage, targets) if resume else []
     if len(rows) == len(xis):
         return rows
     transformers.set_seed(cfg.seed)
@@ -151,9 +166,10 @@ def run_schedule(
         model, optimizer = build(cfg, model, steps * len(xis))
     schedule = {
         "task": cfg.task,
-        "schedule": _schedule_name(xis),
+        "schedule": "targets" if targets is not None else _schedule_name(xis),
         "primary_metric": data.spec.primary_metric,
         "xis": xis,
+        "targets": targets,
         "epochs_per_stage": epochs_per_stage,
         "stages": rows,
     }
@@ -164,6 +180,9 @@ def run_schedule(
 
     for stage, xi in enumerate(xis[len(rows) :], start=len(rows) + 1):
         optimizer.set_xi(xi)
+        target = None
+        if targets is not None:  # the stage's budget: from the count now to its target by the stage's end
+            target = SparsityBudget(target_ratio=targets[stage - 1]).attach(model, optimizer, steps)
         args = _training_args(
             cfg,
             out / "state",
@@ -183,7 +202,7 @@ def run_schedule(
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
             optimizers=(optimizer, scheduler),
-            callbacks=[_StepHooks(model, cfg.method)],
+            callbacks=[_StepHooks(model, cfg.method), BudgetCallback(model)],
         )
         started = time.perf_counter()
         trainer.train()
@@ -206,7 +225,8 @@ def run_schedule(
         rows.append(  # rows is schedule["stages"]
             {
                 "stage": stage,
-                "xi": xi,
+                "xi": xi if target is None else optimizer.gate_group["budget_xi"],
+                **({} if target is None else {"target_params": target}),
                 "nonzero_params": nonzero,
                 "live_ranks": sum(ranks.values()),
                 "ranks": ranks,
@@ -236,7 +256,9 @@ def _state_dir(out: Path, stage: int) -> Path:
     return out / "state" / f"stage_{stage}"
 
 
-def _finished_rows(out: Path, xis: list[float], epochs_per_stage: float) -> list[dict[str, Any]]:
+def _finished_rows(
+    out: Path, xis: list[float], epochs_per_stage: float, targets: list[float] | None
+) -> list[dict[str, Any]]:
     """The rows of the stages this folder's schedule finished; it must be the same schedule (xis, epochs)."""
     path = out / SCHEDULE_FILE
     if not path.is_file():
@@ -247,7 +269,7 @@ def _finished_rows(out: Path, xis: list[float], epochs_per_stage: float) -> list
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SoraError(f"{path} is corrupt: cannot resume this schedule") from None
-    if saved.get("xis") != xis or saved.get("epochs_per_stage") != epochs_per_stage:
+    if saved.get("xis") != xis or saved.get("epochs_per_stage") != epochs_per_stage or saved.get("targets") != targets:
         raise SoraError(
             f"--resume with another schedule than the one in {out}: it has xis {saved.get('xis')} and "
             f"{saved.get('epochs_per_stage')} epochs per stage"

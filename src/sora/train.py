@@ -38,6 +38,7 @@ from transformers import (
 )
 
 from . import _io
+from .budget import BudgetCallback, SparsityBudget, budget_log, budget_target
 from .config import SoraConfig
 from .data import TaskData, TaskSpec, load_task, load_validation, subsample, tokenize
 from .errors import SoraError
@@ -107,7 +108,10 @@ class TrainConfig:
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    torch_compile: bool = False
     generate_eval: int | None = None  # causal-lm: greedy generations for this many validation prompts
+    target_ratio: float | None = None  # SoRA: a sparsity budget (sora.SparsityBudget) instead of a fixed xi's result
+    target_params: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -128,6 +132,10 @@ class TrainConfig:
             raise SoraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise SoraError("weight_decay and max_grad_norm must be >= 0")
+        if self.target_ratio is not None or self.target_params is not None:
+            if self.method != "sora":
+                raise SoraError(f"--target-ratio / --target-params are for --method sora, not {self.method!r}")
+            SparsityBudget(self.target_ratio, self.target_params)  # checks the values
         if self.model is None:
             self.model = task_family(self.task).default_model()
 
@@ -255,6 +263,8 @@ def build(cfg: TrainConfig, model: torch.nn.Module, total_steps: int) -> tuple[t
             gate_update=cfg.gate_update,
             threshold=cfg.threshold,
         )
+        if cfg.target_ratio is not None or cfg.target_params is not None:
+            SparsityBudget(cfg.target_ratio, cfg.target_params).attach(model, optimizer, total_steps)
         return model, optimizer
     if cfg.method == "lora":
         return get_peft_model(model, LoraConfig(r=cfg.r, target_modules=targets, **common)), None
@@ -325,6 +335,7 @@ class _SoraTrainer(Trainer):
             logs["xi"] = optimizer.xi
             logs["live_ranks"] = sum(ranks.values())
             logs["nonzero_params"] = count_parameters(self.model)["nonzero"]
+            logs.update(budget_log(optimizer))
         super().log(logs, *args, **kwargs)
 
     def training_step(self, model, inputs, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -441,7 +452,9 @@ def _training_args(
     # AdaLoRA's checkpoints are saved at the rank pattern of their step, which PEFT cannot load back into the
     # reallocated model: for AdaLoRA the final model is kept. Keeping the best also needs saves on eval steps.
     aligned = (cfg.save_steps or 0) % (cfg.eval_steps or 1) == 0 and bool(cfg.save_steps) == bool(cfg.eval_steps)
-    if evaluate and cfg.method != "adalora" and aligned:
+    # A sparsity budget is reached late in training: its final model is kept too, as it is the one at the budget.
+    budgeted = cfg.target_ratio is not None or cfg.target_params is not None
+    if evaluate and cfg.method != "adalora" and aligned and not budgeted:
         best = {
             "load_best_model_at_end": True,
             "metric_for_best_model": spec.primary_metric,
@@ -468,6 +481,7 @@ def _training_args(
         bf16=cfg.bf16,
         fp16=cfg.fp16,
         activation_checkpointing=cfg.gradient_checkpointing,
+        torch_compile=cfg.torch_compile,
         use_cpu=not torch.cuda.is_available(),
         **strategy,
         **save,
@@ -586,7 +600,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         processing_class=tokenizer,
         compute_metrics=family.trainer_metrics(data.spec, main_split),
         optimizers=(optimizer, None),
-        callbacks=[hooks],
+        callbacks=[hooks, BudgetCallback(model)],
     )
     last = _last_complete_checkpoint(checkpoints, remove_incomplete=main) if resume else None
     started = time.perf_counter()
@@ -599,6 +613,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     eval_final = _strip_eval(eval_rows[-1]) if eval_rows else {}
 
     model = trainer.model
+    target = budget_target(optimizer)
     ranks = adapter_ranks(model)
     if cfg.method == "sora":
         model = prune(model)
@@ -622,6 +637,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         "seconds_per_epoch": round(hooks.step_seconds / cfg.epochs, 3),
         "trainable_params": trainable,
         "nonzero_params": nonzero,
+        "target_params": target,
         "head_params": head_params,
         "baseline": family.baseline(data.spec, train_set["labels"], dev[main_split]["labels"], main_split),
         "ranks": ranks,

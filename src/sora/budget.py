@@ -1,0 +1,241 @@
+"""Sparsity budget: the user names the adapter's size, SoRA's gates choose which ranks fill it.
+
+SoRA (Ding et al., EMNLP 2023) sparsifies with the proximal gate step ``g <- T_tau(g - update)``, ``tau = xi·lr_t``,
+whose strength ``xi`` sets the final size only indirectly (it depends on the run length, the LR schedule and the
+task). A :class:`SparsityBudget` takes the size instead, as a fraction of the r_max adapter (``target_ratio``) or
+as a number of non-zero adapter parameters (``target_params``: what the pruned LoRA holds,
+``count_parameters(model)["nonzero"]``), and steers the gates to it within one run:
+
+* **Plan.** The live-parameter count follows a cubic ramp (AdaLoRA's budget schedule): the count at attach time
+  (the whole r_max adapter in a fresh run) until ``warmup`` of the steps, then
+  ``target + (start - target)·(1 - p)^3`` with ``p`` going from 0 to 1 until ``end`` of the steps, then the target.
+  The warmup lets the gradients move the gates before any rank dies, so the N(0, 1) start is not all that decides.
+* **Top-up threshold.** After every optimizer step, when the gates left more than the plan, one more soft threshold
+  ``T_tau`` is applied with the smallest ``tau`` that leaves at most the planned count. ``T_a ∘ T_b = T_{a+b}``, so
+  the step is one proximal step ``T_{xi·lr_t + tau}``: the smallest strength that keeps the plan. Soft thresholding
+  shrinks every gate by the same amount, so the ranks that die are those of smallest ``|g_i|`` after the gradient
+  step, the ones their gradients did not hold, in any module, never in module order. The largest rank always stays.
+* **xi, by integral control.** The optimizer's own xi (``tau = xi·lr_t``, or ``xi`` under the constant threshold
+  with the same ``tau``) is 0 during the warmup, then starts at 0.5 (``sora train``'s default) and is multiplied
+  after every step by ``exp(relative error)`` of the count the proximal step left against 1.1 × the plan, within
+  [1e-4, 1]: kept a little above plan, the count is cut to the plan by the top-up instead of falling below it
+  (zero gates revive only when ``xi`` is small; at ``xi >= 1`` no gate holds against the threshold).
+* **Landing.** The last step is taken at ``xi = 0``: zero gates that their gradient pulls out come back, and the
+  top-up then keeps the largest set of ranks, by ``|g_i|``, whose parameters fit the target: the run ends within
+  one rank's ``d_in + d_out`` below it. Ranks that revive only on that step have gates of about one Adam step.
+
+In short runs the gates move little from their N(0, 1) start (about lr per step), so the start weighs on which ranks
+survive; ``SoraConfig(gate_init=1.0)`` leaves the choice to the gradients alone.
+
+The controller's state (target, plan, step count, the last tau) lives in the optimizer's gate param group, so
+``optimizer.state_dict()`` (the Trainer's checkpoints, :func:`sora.save_sora`) saves it and ``load_state_dict``
+restores it: a resumed run is bit-exact. Every decision is a deterministic function of the gates and that state,
+so under DDP, whose processes hold identical gates, every process takes the same one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from .errors import SoraError
+from .layer import GATE_NAME, lora_layers, soft_threshold
+from .optim import SoraOptimizer
+
+HOLD_XI = 0.5  # the controller's first xi: sora train's default (BENCHMARKS.md)
+XI_RANGE = (1e-4, 1.0)  # xi >= 1: no gate holds against the threshold; near 0 every zero gate revives
+MARGIN = 0.1  # the controller aims the count the proximal step leaves at 1.1 x the plan; the top-up cuts the rest
+GAIN = 1.0  # xi is multiplied by exp(GAIN * relative error of that count) after every step
+
+
+class SparsityBudget:
+    """A target size for a SoRA adapter: ``target_ratio`` of the r_max adapter or ``target_params`` non-zero
+    parameters (exactly one), reached by ``end`` of the steps along a cubic ramp that starts at ``warmup``.
+
+    Use::
+
+        budget = sora.SparsityBudget(target_ratio=0.5)
+        budget.attach(model, optimizer, total_steps)
+        for step in range(total_steps):
+            ...; optimizer.step(); scheduler.step()
+            sora.budget_step(model, optimizer)       # after the LR scheduler's step, before zero_grad
+            optimizer.zero_grad()
+
+    ``sora train --target-ratio / --target-params`` does this through :class:`BudgetCallback`.
+    """
+
+    def __init__(
+        self,
+        target_ratio: float | None = None,
+        target_params: int | None = None,
+        warmup: float = 0.1,
+        end: float = 0.75,
+    ) -> None:
+        if (target_ratio is None) == (target_params is None):
+            raise SoraError("a sparsity budget takes exactly one of target_ratio and target_params")
+        if target_ratio is not None and not (_is_number(target_ratio) and 0 < target_ratio <= 1):
+            raise SoraError(f"target_ratio must be in (0, 1], got {target_ratio!r}")
+        whole = target_params is not None and _is_number(target_params) and target_params == int(target_params)
+        if target_params is not None and not (whole and target_params >= 1):
+            raise SoraError(f"target_params must be a whole number >= 1, got {target_params!r}")
+        if not (_is_number(warmup) and _is_number(end) and 0 <= warmup < end <= 1):
+            raise SoraError(f"a budget's ramp needs 0 <= warmup < end <= 1, got warmup={warmup!r}, end={end!r}")
+        self.target_ratio, self.target_params = target_ratio, target_params
+        self.warmup, self.end = float(warmup), float(end)
+
+    def resolve(self, model: nn.Module) -> int:
+        """The target as a number of non-zero parameters of ``model``'s adapter; an impossible one is a SoraError."""
+        _, sizes = _gates_and_sizes(model)
+        full = int(sizes.sum())
+        if self.target_params is not None:
+            target = int(self.target_params)
+            if target > full:
+                raise SoraError(f"target_params {target:,} is more than the r_max adapter holds ({full:,})")
+        else:
+            target = math.floor(self.target_ratio * full)
+        smallest = int(sizes.min())
+        if target < smallest:
+            raise SoraError(f"a budget of {target:,} parameters is smaller than one rank ({smallest:,}): nothing fits")
+        return target
+
+    def attach(self, model: nn.Module, optimizer: SoraOptimizer, total_steps: int) -> int:
+        """Write the controller's state into ``optimizer``'s gate param group for a run of ``total_steps`` optimizer
+        steps starting now, and set ``xi`` for the first step; returns the target in parameters."""
+        if not isinstance(optimizer, SoraOptimizer):
+            raise SoraError("a sparsity budget steers a sora.SoraOptimizer")
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise SoraError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+        target = self.resolve(model)
+        gate_list, sizes = _gates_and_sizes(model)
+        group = optimizer.gate_group
+        group.update(
+            budget_target=target,
+            budget_start=live_params(gate_list, sizes),
+            budget_total_steps=total_steps,
+            budget_step=0,
+            budget_warmup=self.warmup,
+            budget_end=self.end,
+            budget_tau=0.0,
+            budget_xi=HOLD_XI,
+        )
+        optimizer.set_xi(0.0)
+        return target
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _gates_and_sizes(model: nn.Module) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every gate of ``model`` and, per gate entry, the parameters its rank holds (``d_in + d_out``)."""
+    gate_list, sizes = [], []
+    for _, layer, adapter in lora_layers(model):
+        gate = getattr(layer.lora_A[adapter], GATE_NAME, None)
+        if gate is not None:
+            gate_list.append(gate)
+            size = layer.lora_A[adapter].in_features + layer.lora_B[adapter].out_features
+            sizes.append(torch.full((gate.numel(),), size, dtype=torch.int64))
+    if not gate_list:
+        raise SoraError("the model has no SoRA gates: build it with sora.get_sora_model")
+    return gate_list, torch.cat(sizes)
+
+
+def live_params(gate_list: list[torch.Tensor], sizes: torch.Tensor) -> int:
+    """The non-zero adapter parameters: ``sum_i rank_i · (d_in_i + d_out_i)``, as ``count_parameters`` counts."""
+    flat = torch.cat([g.detach().reshape(-1).cpu() for g in gate_list])
+    return int(sizes[flat != 0].sum())
+
+
+def planned_params(group: dict[str, Any], step: int) -> int:
+    """The live parameters the plan allows after optimizer step ``step`` (1-based) of the budget in ``group``."""
+    total, start, target = group["budget_total_steps"], group["budget_start"], group["budget_target"]
+    begin, finish = group["budget_warmup"] * total, group["budget_end"] * total
+    if step >= total or step >= finish:
+        return target
+    progress = min(max((step - begin) / (finish - begin), 0.0), 1.0)
+    return target + math.ceil((start - target) * (1.0 - progress) ** 3)
+
+
+def keep_threshold(values: torch.Tensor, sizes: torch.Tensor, budget: int) -> float:
+    """The smallest ``tau`` such that ``T_tau(values)`` leaves at most ``budget`` live parameters (entry ``i``
+    costs ``sizes[i]``), keeping at least the largest entry: the ranks of largest ``|g|`` whose sizes fit."""
+    magnitudes, order = values.abs().sort(descending=True, stable=True)
+    fits = int((torch.cumsum(sizes[order], 0) <= budget).sum())
+    keep = max(1, fits)
+    if keep >= len(magnitudes) or magnitudes[keep] == 0:
+        return 0.0
+    tau = magnitudes[keep]
+    if tau >= magnitudes[0]:  # a tie with the largest gate: keep that one alive
+        tau = torch.nextafter(magnitudes[0], torch.zeros_like(tau))
+    return float(tau)
+
+
+@torch.no_grad()
+def budget_step(model: nn.Module, optimizer: SoraOptimizer) -> None:
+    """Advance the budget in ``optimizer`` by one optimizer step: threshold the gates down to the plan and set ``xi``
+    for the next step (see the module docstring). Call it after ``optimizer.step()`` and the LR scheduler's step.
+    Does nothing when no budget is attached."""
+    group = optimizer.gate_group
+    if "budget_target" not in group:
+        return
+    group["budget_step"] += 1
+    step, total = group["budget_step"], group["budget_total_steps"]
+    gate_list, sizes = _gates_and_sizes(model)
+    flat = torch.cat([g.detach().reshape(-1).float().cpu() for g in gate_list])
+    plan, natural = planned_params(group, step), int(sizes[flat != 0].sum())
+    tau = keep_threshold(flat, sizes, plan) if natural > plan else 0.0
+    if tau > 0:
+        for gate in gate_list:
+            gate.copy_(soft_threshold(gate, tau))
+    group["budget_tau"] = tau
+    xi = 0.0  # the warmup and the last step
+    if group["budget_warmup"] * total <= step + 1 < total:  # integral control: count above its aim, more pressure
+        error = (natural - (1 + MARGIN) * plan) / plan
+        group["budget_xi"] = min(max(group["budget_xi"] * math.exp(GAIN * error), XI_RANGE[0]), XI_RANGE[1])
+        xi = group["budget_xi"]
+    optimizer.set_xi(xi if group["threshold"] == "paper" else xi * group["lr"])
+
+
+def budget_log(optimizer: SoraOptimizer) -> dict[str, float]:
+    """What a log row shows of the budget: the planned live parameters and the top-up ``tau`` of the last step."""
+    group = optimizer.gate_group
+    if "budget_target" not in group:
+        return {}
+    return {"planned_params": planned_params(group, group["budget_step"]), "budget_tau": group["budget_tau"]}
+
+
+def budget_target(optimizer: Any) -> int | None:
+    """The target in parameters of the budget attached to ``optimizer``, or None."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+    if not isinstance(optimizer, SoraOptimizer):
+        return None
+    return optimizer.gate_group.get("budget_target")
+
+
+class BudgetCallback(TrainerCallback):
+    """Drives the budget attached to a :class:`SoraOptimizer` from ``transformers.Trainer``: the run length is the
+    Trainer's ``max_steps``, and :func:`budget_step` runs at every step end (after the LR scheduler's step, before
+    the checkpoint of that step is saved, so a checkpoint holds the state its step left)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @staticmethod
+    def _optimizer(kwargs: dict[str, Any]) -> SoraOptimizer | None:
+        optimizer = kwargs.get("optimizer")
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+        return optimizer if isinstance(optimizer, SoraOptimizer) else None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        optimizer = self._optimizer(kwargs)
+        if optimizer is not None and "budget_target" in optimizer.gate_group:
+            optimizer.gate_group["budget_total_steps"] = state.max_steps  # after a resume: the same value
+
+    def on_step_end(self, args, state, control, **kwargs):
+        optimizer = self._optimizer(kwargs)
+        if optimizer is not None:
+            budget_step(self.model, optimizer)
