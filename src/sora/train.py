@@ -736,8 +736,22 @@ def _check_safe_weights(adapter: Path) -> None:
     load_safetensors(adapter / "adapter_model.safetensors")
 
 
-def evaluate_adapter(
-    adapter: str | Path,
+def evaluate_adapter(adapter: str | Path, **options: Any) -> dict[str, float]:
+    """Score an exported adapter (or full model) as its task family does (``sora eval``).
+
+    Classification: the GLUE metric on the task's dev set (MNLI: both dev splits); a custom-task adapter is scored
+    on ``validation_file`` with the label set it was trained with. Causal-LM: :func:`sora.causal_lm.evaluate_adapter`.
+    ``options``: ``task``, ``data``, ``data_dir``, ``validation_file``, ``batch_size`` (64), ``max_eval_samples``,
+    ``seed`` (42), ``model_name``.
+    """
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise SoraError(f"{adapter}: no such adapter folder")
+    return task_family(_saved_task(adapter)["spec"]["name"]).evaluate(adapter, **options)
+
+
+def _evaluate_classifier(
+    adapter: Path,
     *,
     task: str | None = None,
     data: TaskData | None = None,
@@ -748,26 +762,6 @@ def evaluate_adapter(
     seed: int = 42,
     model_name: str | None = None,
 ) -> dict[str, float]:
-    """Score an exported adapter (or full model) on its task's dev set with the GLUE metric; MNLI: both dev splits.
-
-    A custom-task adapter is scored on ``validation_file`` with the label set it was trained with.
-    """
-    adapter = Path(adapter)
-    if not adapter.is_dir():
-        raise SoraError(f"{adapter}: no such adapter folder")
-    family = task_family(_saved_task(adapter)["spec"]["name"])
-    if family is not CLASSIFICATION:  # a causal-LM adapter
-        return family.evaluate(
-            adapter,
-            task=task,
-            data=data,
-            data_dir=data_dir,
-            validation_file=validation_file,
-            batch_size=batch_size,
-            max_eval_samples=max_eval_samples,
-            seed=seed,
-            model_name=model_name,
-        )
     model, tokenizer, spec, info = _load_exported(adapter, model_name)
     if data is None:
         if task not in (None, spec.name):
@@ -812,5 +806,5 @@ CLASSIFICATION = TaskFamily(
     baseline=majority_baseline,
     collator=DataCollatorWithPadding,
     trainer_metrics=_trainer_metrics,
-    evaluate=evaluate_adapter,
+    evaluate=_evaluate_classifier,
 )
