@@ -67,33 +67,20 @@ def gpt2(seed: int = 0):
     return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
 
 
-def llama(seed: int = 0, initializer_range: float = 0.02):
+def _decoder(config_class, model_class, seed: int, **overrides):
+    """A tiny random decoder of the LLaMA layout (grouped-query attention, gated MLP)."""
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=initializer_range,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    sizes = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    heads = {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+    return model_class(config_class(**sizes, **heads, **overrides)).eval()
+
+
+def llama(seed: int = 0, initializer_range: float = 0.02):
+    return _decoder(LlamaConfig, LlamaForCausalLM, seed, initializer_range=initializer_range)
 
 
 def qwen2(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=100,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return Qwen2ForCausalLM(cfg).eval()
+    return _decoder(Qwen2Config, Qwen2ForCausalLM, seed)
 
 
 WORDS = ["system", "user", "assistant", "copy", "say", *"abcdefghijklmnop"]
