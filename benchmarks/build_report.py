@@ -1100,8 +1100,10 @@ HEAD_NOTE = (
     "classifier asks of them; with the pooler frozen, the only path from the task to the [CLS] feature was the "
     "adapters, and at lr 1e-3 some seeds moved the representation to a constant (the loss rose early, then the "
     "gradients faded). Trained, the pooler adapts with the classifier from the first step. A mean-pooling head "
-    "would suit this backbone too, but it is no standard transformers head: a plain `peft` + transformers user "
-    "reloading the adapter would get other outputs, so the recipe trains the standard head instead."
+    "(what this backbone was trained with, per its sentence-transformers config) was not measured: it is no "
+    "standard transformers head, so a plain `peft` + transformers user reloading the adapter would get other "
+    "outputs; the recipe trains the standard head instead, which works for every BERT, RoBERTa, DeBERTa-v2 and "
+    "ELECTRA model (tests/test_heads.py)."
 )
 SCHEDULE_DEFAULT_NOTE = (
     "SST-2 and STS-B learned: their ranks fell to under half of LoRA's parameters while the dev score stayed within a "
