@@ -587,7 +587,7 @@ def lrsearch_text(results: dict[str, dict[str, Any]]) -> str:
             done = [(lr, score(r)) for lr, r in zip(lrs, trials, strict=True) if r]
             if done:
                 scores = ", ".join(f"lr {lr:g} {v:.1f}" for lr, v in done)
-                parts.append(f"{METHOD_NAMES[method]} on {TASK_NAMES[task]}: {scores} (bar {BARS[task]:g})")
+                parts.append(f"{METHOD_NAMES[method]} on {TASK_NAMES[task]}: {scores} (bar {bar(task):g})")
     if not parts:
         return "Learning-rate searches (full fine-tuning for the bars, AdaLoRA): not measured yet."
     return "Learning-rate searches at `sora train`'s defaults otherwise (seed 0): " + "; ".join(parts) + "."
@@ -1103,14 +1103,15 @@ FIG4_LONG_NOTE = (
     "but at this scale the heatmaps show no reproducible task-specific allocation."
 )
 DEFAULTS_NOTE = (
-    "Reading. With the head trained, LoRA and SoRA learn STS-B, MRPC and CoLA at the defaults, with no seed left at "
-    "chance so far. RTE is not learned by any method in 3 epochs on this backbone, full fine-tuning included: the "
-    "majority class scores 52.7 and the dev set has 277 pairs (a standard error of about 3 points), so its cells "
-    "measure noise; the AdaLoRA paper trains RTE for 50 epochs. AdaLoRA learns STS-B but stays low on MRPC, CoLA and "
-    "RTE: its training loss (cross-entropy plus the orthogonality term, 0.94 at the start) falls least of the three "
-    "methods, the trace of an under-trained adapter rather than a collapse: its singular values start at zero and "
-    "its factors at N(0, 0.02), and its paper trains 25-50 epochs on these tasks. The AdaLoRA learning-rate search "
-    "(`lrsearch`) tests whether a larger rate makes up for the epochs."
+    "Reading. With the head trained, no LoRA or SoRA run of STS-B, MRPC, SST-2 or CoLA stayed at chance (CoLA's MCC "
+    "moves by several points between seeds, so a cell a point below its bar needs the other seeds before it says "
+    "anything). RTE is not learned by any method in 3 epochs on this backbone, full fine-tuning at its best rate "
+    "included: the majority class scores 52.7 and the dev set has 277 pairs (a standard error of about 3 points), "
+    "so its cells measure noise; the AdaLoRA paper trains RTE for 50 epochs. AdaLoRA learns STS-B and SST-2 but stays "
+    "low on MRPC, CoLA and RTE: its training loss (cross-entropy plus the orthogonality term) falls least of the "
+    "three methods, the trace of an under-trained adapter rather than a collapse: its singular values start at zero "
+    "and its factors at N(0, 0.02), and its paper trains 25-50 epochs on these tasks. A larger AdaLoRA rate did not "
+    "make up for the epochs on RTE (`lrsearch`); MRPC and CoLA are not searched yet."
 )
 HEAD_NOTE = (
     "Reading: BERT's classifier reads the [CLS] token through the pooler (dense + tanh). The embedded MiniLM is a "
