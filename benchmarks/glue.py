@@ -427,32 +427,30 @@ class Runner:
                     complete &= self.table_run("table2", task, method, 0, r=r) is not None
         return complete
 
-    def long(self, seeds: list[int]) -> bool:
+    def long_run(self, experiment: str, task: str, method: str, seed: int) -> dict[str, Any] | None:
+        """One run at the longer runs' settings: ``LONG_SAMPLES``, the method's default learning rate."""
         from sora.train import DEFAULT_LR
 
+        gate = gate_settings(method)
+        if gate is None:
+            return None
+        lr = DEFAULT_LR[train_method(method)]
+        return self.run(experiment, task, method, seed, lr=lr, max_train_samples=LONG_SAMPLES[task], **gate)
+
+    def long(self, seeds: list[int]) -> bool:
         complete = True
         jobs = [("sst2", "sora", 0)] + [
             (t, m, s) for group in LONG_METHODS for s in seeds for t in LONG_SAMPLES for m in group
         ]
         for task, method, seed in jobs:
-            gate = gate_settings(method)
-            if gate is None:
-                complete = False
-                continue
-            lr = DEFAULT_LR[train_method(method)]
-            got = self.run("long", task, method, seed, lr=lr, max_train_samples=LONG_SAMPLES[task], **gate)
-            complete &= got is not None
+            complete &= self.long_run("long", task, method, seed) is not None
         return complete
 
     def head(self) -> bool:
         """``HEAD_RERUNS``: the longer runs' settings (``long``) again, the pooler now trained."""
-        from sora.train import DEFAULT_LR
-
         complete = True
         for task, method, seed in HEAD_RERUNS:
-            lr = DEFAULT_LR[train_method(method)]
-            got = self.run("head", task, method, seed, lr=lr, max_train_samples=LONG_SAMPLES[task])
-            complete &= got is not None
+            complete &= self.long_run("head", task, method, seed) is not None
         return complete
 
     def lrsearch(self, only: list[str] | None = None) -> bool:

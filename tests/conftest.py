@@ -123,6 +123,18 @@ def example_inputs(family: str) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+def trained_like(model, seed: int = 0, dead: float = 0.5):
+    """Random B and gates with about ``dead`` of the entries exactly zero, as after SoRA training."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(generator=gen)
+            elif "sora_gate" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * (torch.rand(p.shape, generator=gen) > dead))
+    return model
+
+
 def model_output(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs).logits

@@ -10,7 +10,7 @@ import random
 
 import pytest
 import torch
-from conftest import CHATML, gpt2, llama, qwen2, word_tokenizer
+from conftest import CHATML, gpt2, llama, qwen2, trained_like, word_tokenizer
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -264,18 +264,6 @@ def test_sora_eval_scores_a_causal_lm_run_as_training_did(runs, data_files, tmp_
 # exports for LLM servers
 
 
-def _trained_like(model, seed: int = 0):
-    """Random B and gates with about half the entries exactly zero, as after SoRA training."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(generator=gen)
-            elif "sora_gate" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * (torch.rand(p.shape, generator=gen) > 0.5))
-    return model
-
-
 def _logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids).logits
@@ -284,7 +272,7 @@ def _logits(model, ids):
 @pytest.mark.parametrize("family", list(DECODERS))
 def test_pruned_adapter_reloads_merges_and_pads_to_a_uniform_rank(family, tmp_path):
     build = DECODERS[family]
-    model = _trained_like(sora.get_sora_model(build(), sora.SoraConfig(r_max=8, task_type="CAUSAL_LM")))
+    model = trained_like(sora.get_sora_model(build(), sora.SoraConfig(r_max=8, task_type="CAUSAL_LM")))
     ids = torch.randint(0, 100, (2, 10), generator=torch.Generator().manual_seed(3))
     expected = _logits(model, ids)
     sora.prune(model).save_pretrained(tmp_path / "adapter")

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import FAMILIES, bert12, example_inputs, model_output
+from conftest import FAMILIES, bert12, example_inputs, model_output, trained_like
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -8,22 +8,10 @@ import sora
 from sora.layer import GatedLinear
 
 
-def _trained_like(model, seed: int = 0, dead: float = 0.5):
-    """Random B and gates with about ``dead`` of the entries exactly zero, as after SoRA training."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(generator=gen)
-            elif "sora_gate" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * (torch.rand(p.shape, generator=gen) > dead))
-    return model
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_prune_export_reload_and_merge_keep_the_outputs(family, tmp_path):
     build, task_type = FAMILIES[family]
-    model = _trained_like(sora.get_sora_model(build(), sora.SoraConfig(r_max=4, task_type=task_type)))
+    model = trained_like(sora.get_sora_model(build(), sora.SoraConfig(r_max=4, task_type=task_type)))
     x = example_inputs(family)
     expected = model_output(model, x)
     ranks = sora.gate_ranks(model)
@@ -52,7 +40,7 @@ def test_prune_export_reload_and_merge_keep_the_outputs(family, tmp_path):
 
 def test_layer_1_and_layer_11_keep_their_own_ranks(tmp_path):
     model = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=8, task_type="SEQ_CLS"))
-    _trained_like(model, dead=0.0)
+    trained_like(model, dead=0.0)
     inner = model.base_model.model
     with torch.no_grad():
         inner.get_submodule("bert.encoder.layer.1.attention.self.query").lora_A["default"].sora_gate[2:] = 0
@@ -69,7 +57,7 @@ def test_layer_1_and_layer_11_keep_their_own_ranks(tmp_path):
 
 
 def test_a_module_with_an_all_zero_gate_keeps_no_adapter(tmp_path):
-    model = _trained_like(sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4, task_type="SEQ_CLS")))
+    model = trained_like(sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4, task_type="SEQ_CLS")))
     dead = "bert.encoder.layer.3.output.dense"
     with torch.no_grad():
         model.base_model.model.get_submodule(dead).lora_A["default"].sora_gate.zero_()

@@ -210,10 +210,14 @@ def budget_log(optimizer: SoraOptimizer) -> dict[str, float]:
 
 def budget_target(optimizer: Any) -> int | None:
     """The target in parameters of the budget attached to ``optimizer``, or None."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
-    if not isinstance(optimizer, SoraOptimizer):
-        return None
-    return optimizer.gate_group.get("budget_target")
+    optimizer = _sora_optimizer(optimizer)
+    return None if optimizer is None else optimizer.gate_group.get("budget_target")
+
+
+def _sora_optimizer(optimizer: Any) -> SoraOptimizer | None:
+    """``optimizer`` (unwrapped from accelerate's wrapper) if it is a :class:`SoraOptimizer`, else None."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    return optimizer if isinstance(optimizer, SoraOptimizer) else None
 
 
 class BudgetCallback(TrainerCallback):
@@ -224,18 +228,12 @@ class BudgetCallback(TrainerCallback):
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
-    @staticmethod
-    def _optimizer(kwargs: dict[str, Any]) -> SoraOptimizer | None:
-        optimizer = kwargs.get("optimizer")
-        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
-        return optimizer if isinstance(optimizer, SoraOptimizer) else None
-
     def on_train_begin(self, args, state, control, **kwargs):
-        optimizer = self._optimizer(kwargs)
+        optimizer = _sora_optimizer(kwargs.get("optimizer"))
         if optimizer is not None and "budget_target" in optimizer.gate_group:
             optimizer.gate_group["budget_total_steps"] = state.max_steps  # after a resume: the same value
 
     def on_step_end(self, args, state, control, **kwargs):
-        optimizer = self._optimizer(kwargs)
+        optimizer = _sora_optimizer(kwargs.get("optimizer"))
         if optimizer is not None:
             budget_step(self.model, optimizer)

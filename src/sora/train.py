@@ -132,12 +132,17 @@ class TrainConfig:
             raise SoraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise SoraError("weight_decay and max_grad_norm must be >= 0")
-        if self.target_ratio is not None or self.target_params is not None:
+        if self.budgeted:
             if self.method != "sora":
                 raise SoraError(f"--target-ratio / --target-params are for --method sora, not {self.method!r}")
             SparsityBudget(self.target_ratio, self.target_params)  # checks the values
         if self.model is None:
             self.model = task_family(self.task).default_model()
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether SoRA trains to a sparsity budget (``target_ratio`` or ``target_params``)."""
+        return self.target_ratio is not None or self.target_params is not None
 
     def hyperparameters(self) -> dict[str, Any]:
         skip = {"task", "output_dir", "method", "model", "data_dir", "train_file", "validation_file"}
@@ -263,7 +268,7 @@ def build(cfg: TrainConfig, model: torch.nn.Module, total_steps: int) -> tuple[t
             gate_update=cfg.gate_update,
             threshold=cfg.threshold,
         )
-        if cfg.target_ratio is not None or cfg.target_params is not None:
+        if cfg.budgeted:
             SparsityBudget(cfg.target_ratio, cfg.target_params).attach(model, optimizer, total_steps)
         return model, optimizer
     if cfg.method == "lora":
@@ -453,8 +458,7 @@ def _training_args(
     # reallocated model: for AdaLoRA the final model is kept. Keeping the best also needs saves on eval steps.
     aligned = (cfg.save_steps or 0) % (cfg.eval_steps or 1) == 0 and bool(cfg.save_steps) == bool(cfg.eval_steps)
     # A sparsity budget is reached late in training: its final model is kept too, as it is the one at the budget.
-    budgeted = cfg.target_ratio is not None or cfg.target_params is not None
-    if evaluate and cfg.method != "adalora" and aligned and not budgeted:
+    if evaluate and cfg.method != "adalora" and aligned and not cfg.budgeted:
         best = {
             "load_best_model_at_end": True,
             "metric_for_best_model": spec.primary_metric,
