@@ -21,6 +21,9 @@ the same deterministic AdamW + proximal gate step, and the runs agree:
 * the dev accuracy of the kept checkpoint and of every epoch exactly (16 examples: a difference would be a
   flipped prediction, not rounding), and the same kept checkpoint.
 
+With a sparsity budget (``--target-ratio``) instead of ``--xi``, every process steers xi from its own live count: the
+counts agree because the gates do, so the processes take the same decisions and land on the single-process ranks.
+
 ``--r`` is left at its default under torchrun: torchrun's own argument parser rejects ``--r`` as an ambiguous
 abbreviation of its ``--rdzv-*`` / ``--role`` / ``--run-path`` / ``--redirects`` options, even after the script
 name. ``accelerate launch`` passes it through; its run gets ``--r 8`` (the default) to show that.
@@ -56,15 +59,13 @@ COMMON = [
     "0",
     "--logging-steps",
     "1",
-    "--xi",
-    "0.3",
-    "--threshold",
-    "constant",
     "--gate-init",
     "randn",
     "--seed",
     "7",
 ]
+XI = ["--xi", "0.3", "--threshold", "constant"]
+BUDGET = ["--target-ratio", "0.5", "--epochs", "12"]  # 12 steps: the budget's plan needs more than 4
 R_MAX = 8  # the default --r
 MODULES = 36  # MiniLM-L6: 6 layers x 6 adapted weights
 
@@ -109,20 +110,33 @@ def _launchers() -> dict[str, tuple[list[str], list[str]]]:
 LAUNCHERS = ("torchrun", "accelerate")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, glue_dir, dropout_free_minilm):
+def _runs(base, launchers: list[str], options: list[str]) -> dict:
     """Run folders: one per launcher (2 processes x 4 per device) and ``single`` (1 process x 8)."""
-    base = tmp_path_factory.mktemp("distributed")
-    common = [*COMMON, "--data-dir", str(glue_dir), "--model", str(dropout_free_minilm)]
     folders = {}
-    for name, (launcher, extra) in _launchers().items():
+    for name in launchers:
+        launcher, extra = _launchers()[name]
         folders[name] = base / name
         per_device = ["--batch-size", str(GLOBAL_BATCH // WORLD), *extra]
-        _run([*launcher, "-m", "sora", "train", *common, *per_device, "--output-dir", str(folders[name])], base)
+        _run([*launcher, "-m", "sora", "train", *options, *per_device, "--output-dir", str(folders[name])], base)
     folders["single"] = base / "single"
     single = ["--batch-size", str(GLOBAL_BATCH), "--output-dir", str(folders["single"])]
-    _run([sys.executable, "-m", "sora", "train", *common, *single], base)
+    _run([sys.executable, "-m", "sora", "train", *options, *single], base)
     return folders
+
+
+@pytest.fixture(scope="module")
+def common(glue_dir, dropout_free_minilm) -> list[str]:
+    return [*COMMON, "--data-dir", str(glue_dir), "--model", str(dropout_free_minilm)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, common):
+    return _runs(tmp_path_factory.mktemp("distributed"), list(LAUNCHERS), [*common, *XI])
+
+
+@pytest.fixture(scope="module")
+def budget_runs(tmp_path_factory, common):
+    return _runs(tmp_path_factory.mktemp("distributed-budget"), ["torchrun"], [*common, *BUDGET])
 
 
 def _metrics(out):
@@ -176,3 +190,13 @@ def test_ddp_loss_and_dev_metrics_match_one_process(runs, launcher):
     assert got["eval"] == want["eval"] and got["eval_final"] == want["eval_final"]
     assert got["best_checkpoint"].rsplit("-", 1)[1] == want["best_checkpoint"].rsplit("-", 1)[1]
     assert got["nonzero_params"] == want["nonzero_params"]
+
+
+def test_ddp_with_a_budget_takes_the_decisions_of_one_process(budget_runs):
+    ddp, single = _metrics(budget_runs["torchrun"]), _metrics(budget_runs["single"])
+    assert ddp["ranks"] == single["ranks"]
+    assert ddp["nonzero_params"] == single["nonzero_params"]
+    assert abs(ddp["nonzero_params"] - ddp["target_params"]) <= 0.05 * ddp["target_params"]
+    assert 0 < sum(ddp["ranks"].values()) < MODULES * R_MAX
+    live = {name: [row["live_ranks"] for row in _log(out) if "loss" in row] for name, out in budget_runs.items()}
+    assert live["torchrun"] == live["single"], "every step kills the same ranks"
