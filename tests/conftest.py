@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,6 +49,20 @@ def glue_dir() -> Path:
     if not (GLUE_DIR / "RTE" / "train.tsv").is_file():
         pytest.fail(f"GLUE data not found at {GLUE_DIR}: set GLUE_DIR")
     return GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def dropout_free_minilm(tmp_path_factory) -> Path:
+    """The embedded MiniLM with hidden and attention dropout 0 (weights and tokenizer linked, not copied): runs that
+    draw dropout masks from different random streams (other processes, compiled kernels) then compute the same."""
+    folder = tmp_path_factory.mktemp("minilm-nodropout")
+    for item in Path(MINILM).iterdir():
+        if item.name != "config.json":
+            (folder / item.name).symlink_to(item)
+    config = json.loads((Path(MINILM) / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 def minilm_classifier(num_labels: int = 2, seed: int = 0):

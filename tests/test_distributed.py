@@ -39,7 +39,6 @@ import sys
 
 import pytest
 import torch
-from conftest import MINILM
 from safetensors.torch import load_file
 
 WORLD = 2
@@ -68,19 +67,6 @@ XI = ["--xi", "0.3", "--threshold", "constant"]
 BUDGET = ["--target-ratio", "0.5", "--epochs", "12"]  # 12 steps: the budget's plan needs more than 4
 R_MAX = 8  # the default --r
 MODULES = 36  # MiniLM-L6: 6 layers x 6 adapted weights
-
-
-@pytest.fixture(scope="module")
-def dropout_free_minilm(tmp_path_factory):
-    """The embedded MiniLM with hidden and attention dropout 0 (weights and tokenizer linked, not copied)."""
-    folder = tmp_path_factory.mktemp("minilm-nodropout")
-    for item in MINILM.iterdir():
-        if item.name != "config.json":
-            (folder / item.name).symlink_to(item)
-    config = json.loads((MINILM / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
 
 
 def _run(command: list[str], cwd) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import MINILM
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from sora import SoraError
@@ -239,6 +240,26 @@ def test_the_cli_process_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "sora: error: r must be > 0, got -1"
+
+
+def test_torch_compile_trains_the_same_adapter_as_eager(tmp_path, glue_dir, dropout_free_minilm):
+    """``--torch-compile`` (the Trainer's ``torch_compile``) computes what eager mode does: the same live ranks and
+    pruned adapter within float rounding (dropout off: compiled kernels draw their masks from another stream)."""
+    extra = ["--model", str(dropout_free_minilm), "--max-seq-length", "32", "--epochs", "1", *SPARSE]
+    subprocess.run(  # its own process: the compiled graphs stay out of the other tests
+        [sys.executable, "-m", "sora", "train", "--task", "rte", "--data-dir", str(glue_dir), *TINY, *extra]
+        + ["--output-dir", str(tmp_path / "compiled"), "--torch-compile"],
+        check=True,
+        capture_output=True,
+    )
+    eager = _train(tmp_path / "eager", "rte", "sora", glue_dir, *extra)
+    compiled = json.loads((tmp_path / "compiled" / "metrics.json").read_text())
+    assert compiled["hyperparameters"]["torch_compile"] and not eager["hyperparameters"]["torch_compile"]
+    assert compiled["ranks"] == eager["ranks"] and compiled["nonzero_params"] < compiled["trainable_params"]
+    adapters = [load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("compiled", "eager")]
+    assert adapters[0].keys() == adapters[1].keys()
+    for name, value in adapters[1].items():
+        torch.testing.assert_close(adapters[0][name], value, atol=1e-5, rtol=1e-3, msg=name)
 
 
 def test_eval_refuses_a_pickled_adapter(tmp_path, runs):
