@@ -472,9 +472,7 @@ def bars(lrsearch: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def defaults_section(
-    runs: dict[str, dict[str, Any]], failed: dict[str, dict[str, Any]], bar: dict[str, float]
-) -> str:
+def defaults_section(runs: dict[str, dict[str, Any]], failed: dict[str, dict[str, Any]], bar: dict[str, float]) -> str:
     """Every run at the exact defaults: score and adapter size per seed, the seed spread, the bar, what fell short."""
     seeds = sorted({r["seed"] for r in [*runs.values(), *failed.values()]})
     if not seeds:
@@ -502,9 +500,7 @@ def defaults_section(
             rows.append([TASK_NAMES[task], METHOD_NAMES[method], shown, *cells, spread])
     metric = {t: METRIC_NAMES[glue_metric(t)] for t in glue.DEFAULTS_SAMPLES}
     example = next(iter(runs.values()), None)
-    sizes = ", ".join(
-        f"{TASK_NAMES[t]} {n}" for t in glue.DEFAULTS_SAMPLES if (n := train_size(runs, t)) is not None
-    )
+    sizes = ", ".join(f"{TASK_NAMES[t]} {n}" for t in glue.DEFAULTS_SAMPLES if (n := train_size(runs, t)) is not None)
     text = (
         "`sora train --task T --method M --data-dir D --seed S` and nothing else (SST-2: "
         f"`--max-train-samples {glue.DEFAULTS_SAMPLES['sst2']}`), so: "
@@ -519,10 +515,10 @@ def defaults_section(
         "and the classifier), not counted in the cells. ✗: below the bar.\n\n"
     )
     if short:
-        text += "Below the bar: " + "; ".join(
-            f"{TASK_NAMES[r['task']]} {METHOD_NAMES[r['method']]} seed {r['seed']} ({score(r):.1f}): {trace_text(r)}"
-            for r in short
-        ) + "."
+        below = [
+            f"{TASK_NAMES[r['task']]} {METHOD_NAMES[r['method']]} seed {r['seed']} ({score(r):.1f})" for r in short
+        ]
+        text += "Below the bar: " + "; ".join(f"{b}: {trace_text(r)}" for b, r in zip(below, short, strict=True)) + "."
     elif runs:
         text += "Every finished run is above its bar."
     return text
@@ -561,15 +557,68 @@ def defaults_claims(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def paired(runs: dict[str, dict[str, Any]], task: str, a: str, b: str) -> list[tuple[dict, dict]]:
-    """(run of a, run of b) for every seed both finished on ``task``."""
+def paired(runs: dict[str, dict[str, Any]], task: str, a: str, b: str, ranks: tuple[int, int] = (glue.RANK,) * 2):
+    """(run of a, run of b) for every seed both finished on ``task``; ``ranks``: their ``r``."""
     out = []
     for r in runs.values():
-        if r["task"] == task and r["method"] == a:
-            other = runs.get(glue.run_name(task, b, glue.RANK, r["seed"]))
+        if r["task"] == task and r["method"] == a and r["hyperparameters"]["r"] == ranks[0]:
+            other = runs.get(glue.run_name(task, b, ranks[1], r["seed"]))
             if other:
                 out.append((r, other))
     return out
+
+
+# The Equal-budget table's rows: (label, rank, the budget's share of the r_max=8 adapter); LoRA r=8 from the Defaults
+EQUAL_ROWS = (("lora", glue.RANK, 1.0), *((label, r, ratio or r / glue.RANK) for label, r, ratio in glue.EQUAL_BUDGET))
+EQUAL_NAMES = {"sora-budget70": "SoRA r_max=8, budget 0.7", "sora-budget50": "SoRA r_max=8, budget 0.5"}
+
+
+def equal_name(label: str, r: int) -> str:
+    return EQUAL_NAMES.get(label) or METHOD_NAMES[label].replace("=8", f"={r}")
+
+
+def equal_section(equal: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> str:
+    """SoRA at a sparsity budget against LoRA and AdaLoRA of about that size (and the Defaults' LoRA r=8): score,
+    size and distance from the target per seed; then SoRA's paired gaps to its rivals, task by task."""
+    lora_size = max((r["nonzero_params"] for r in defaults.values() if r["method"] == "lora"), default=None)
+    if not equal or lora_size is None:
+        return "Not measured: `python benchmarks/glue.py equal` (after the Defaults table)."
+    seeds = sorted({r["seed"] for r in equal.values()})
+    runs = {**defaults, **equal}
+    rows = []
+    for task in sorted({r["task"] for r in equal.values()}, key=list(glue.DEFAULTS_SAMPLES).index):
+        for label, r, ratio in EQUAL_ROWS:
+            got = {s: runs.get(glue.run_name(task, label, r, s)) for s in seeds}
+            if not any(got.values()):
+                continue
+            target = ratio * lora_size
+            cells = [
+                f"{score(x):.1f} ({fmt_params(x['nonzero_params'])}, {100 * (x['nonzero_params'] / target - 1):+.1f}%)"
+                if x else "—"
+                for x in got.values()
+            ]  # fmt: skip
+            values = [score(x) for x in got.values() if x]
+            spread = f"{min(values):.1f}–{max(values):.1f}" if len(values) > 1 else "—"
+            rows.append([TASK_NAMES[task], equal_name(label, r), fmt_params(target), *cells, spread])
+    text = (
+        table(["task", "method", "target", *(f"seed {s}" for s in seeds), "min–max"], rows)
+        + "\n\nCells: dev score (adapter parameters, distance from the target). Target: the budget's share of the "
+        f"r_max=8 adapter ({fmt_params(lora_size)}): SoRA's `--target-ratio`; LoRA and AdaLoRA at ranks 6 and 4 "
+        "are the nearest equal sizes (75% and 50%); LoRA r=8 is the Defaults run of the same seed. Everything else "
+        "at the `sora train` defaults.\n\n"
+    )
+    lines = []
+    for label, rivals in (("sora-budget70", ((("lora", 6), ("adalora", 6), ("lora", 8)))),
+                          ("sora-budget50", ((("lora", 4), ("adalora", 4), ("lora", 8))))):  # fmt: skip
+        for rival, r in rivals:
+            parts = []
+            for task in glue.DEFAULTS_SAMPLES:
+                pairs = paired(runs, task, label, rival, (glue.RANK, r))
+                if pairs:
+                    parts.append(f"{TASK_NAMES[task]} {gap_text([score(a) - score(b) for a, b in pairs])}")
+            if parts:
+                lines.append(f"- {equal_name(label, glue.RANK)} − {equal_name(rival, r)}: " + "; ".join(parts))
+    return text + ("Paired by seed, dev points:\n\n" + "\n".join(lines) if lines else "")
 
 
 def gap_text(diffs: list[float]) -> str:
@@ -1130,17 +1179,6 @@ HEAD_NOTE = (
     "ELECTRA model (tests/test_heads.py)."
 )
 SCHEDULE_DEFAULT_NOTE = (
-    "SST-2 and STS-B learned: their ranks fell to under half of LoRA's parameters while the dev score stayed within a "
-    "point of its best (STS-B's rose), the paper's Figure 3 observation that most ranks can go without a loss on dev; "
-    "it took xi up to 1.0 (tau = lr_t), twice the `sora train` default. MRPC fell to the majority class after stage "
-    "1 (the instability at lr 1e-3 seen in the longer runs), so its curve measures nothing. One seed per task."
-)
-LONG_NOTE = (
-    "With the `sora train` defaults one task's pattern does not repeat across seeds either, and pairs of tasks at the "
-    "same seed still correlate, less than with the constant threshold: the random gate start shapes the pattern less, "
-    "but at this scale the heatmaps show no reproducible task-specific allocation."
-)
-SCHEDULE_DEFAULT_NOTE = (
     "In this one run the ranks fell to under a third of LoRA's parameters while dev accuracy stayed within a point of "
     "its best, the paper's Figure 3 observation that most ranks can go without a loss on dev; it took xi up to 1.0 "
     "(tau = lr_t), twice the `sora train` default, on top of the pruning of the earlier stages. One seed, one task: "
@@ -1213,6 +1251,8 @@ def main(argv: list[str] | None = None) -> int:
     out.append("## The paper's claims at CPU scale\n")
     out.append("From the Defaults table (the current recipe, full training sets, 3 epochs):\n")
     out.append(defaults_claims(defaults_runs) + "\n")
+    out.append("## Equal budget: SoRA at a sparsity budget against LoRA and AdaLoRA of that size\n")
+    out.append(equal_section(load("equal"), defaults_runs) + "\n")
     out.append("### Earlier regimes (pooler frozen, before the recipe fix)\n")
     out.append(
         "Paper (Ding et al. 2023, DeBERTaV3-base, full GLUE training sets): SoRA beats LoRA and AdaLoRA with about "

@@ -20,7 +20,8 @@ Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them i
   learned, SoRA at the ``sora train`` defaults and every method at its default learning rate.
 - ``head``: the longer runs that stayed at chance with the pooler frozen, again with the pooler trained;
 - ``lrsearch``: learning-rate searches of full fine-tuning (the bars) and AdaLoRA (``LR_SEARCH``);
-- ``defaults``: the Defaults table, ``sora train`` with task and data flags only (``DEFAULTS_SAMPLES``).
+- ``defaults``: the Defaults table, ``sora train`` with task and data flags only (``DEFAULTS_SAMPLES``);
+- ``equal``: the Equal-budget table, SoRA at a sparsity budget against LoRA and AdaLoRA of that size (``EQUAL_BUDGET``).
 
 ``--stop-at HH:MM`` (UTC) launches no new run after that time. ``benchmarks/build_report.py`` turns the results into
 ``BENCHMARKS.md``.
@@ -128,6 +129,13 @@ LONG_METHODS = (("lora", "adalora", "sora-default"), ("full", "bitfit"))
 # the next seed, the tasks that collapsed most often at the old defaults (STS-B, MRPC) first.
 DEFAULTS_SAMPLES = {"stsb": None, "mrpc": None, "rte": None, "cola": None, "sst2": 20000}
 DEFAULTS_METHODS = ("lora", "sora-default", "adalora")
+# The Equal-budget table (issue: sparsity budget), at the Defaults recipe otherwise: SoRA r_max=8 trained to 70% and
+# 50% of its adapter's parameters (`--target-ratio`), LoRA and AdaLoRA (target_r; initial rank 1.5x) at the nearest
+# equal sizes, ranks 6 (75%) and 4 (50%). LoRA r=8 is the Defaults table's run. (label, rank, target ratio)
+EQUAL_BUDGET = (
+    ("sora-budget70", RANK, 0.7), ("sora-budget50", RANK, 0.5),
+    ("lora", 6, None), ("lora", 4, None), ("adalora", 6, None), ("adalora", 4, None),
+)  # fmt: skip
 # Learning-rate searches at `sora train`'s defaults otherwise (seed 0): full fine-tuning on the tasks whose bar an
 # adapter may not reach on this backbone (where it cannot clear a bar either, the bar is set from it), and AdaLoRA,
 # whose adapters start at zero singular values and learn slowly in 3 epochs (its paper: up to 30 epochs on MRPC).
@@ -139,11 +147,12 @@ HEAD_RERUNS = (
     ("mrpc", "lora", 1), ("cola", "lora", 0), ("cola", "lora", 2), ("cola", "sora-default", 2),
 )  # fmt: skip
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried
-FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults")
+FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults", "equal")
 
 
 EXPERIMENTS = (
-    "xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "head", "lrsearch", "defaults", "all"
+    "xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "head", "lrsearch", "defaults", "equal",
+    "all",
 )  # fmt: skip
 
 
@@ -467,13 +476,24 @@ class Runner:
 
     def defaults(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
         """The Defaults table: no setting but the task, the data and the seed (``common={}``)."""
+        runs = [(method, RANK, {}) for method in DEFAULTS_METHODS]
+        return self._at_defaults("defaults", runs, seeds, tasks)
+
+    def equal(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
+        """The Equal-budget table: ``EQUAL_BUDGET`` at the Defaults recipe otherwise."""
+        runs = [(label, r, {"target_ratio": ratio} if ratio else {}) for label, r, ratio in EQUAL_BUDGET]
+        return self._at_defaults("equal", runs, seeds, tasks)
+
+    def _at_defaults(self, experiment: str, runs: list, seeds: list[int], tasks: list[str] | None) -> bool:
+        """``runs`` ((label, rank, settings)) on every task and seed, at `sora train`'s defaults otherwise; every
+        run of a seed before the next seed."""
         complete = True
         for seed in seeds:
             for task, samples in DEFAULTS_SAMPLES.items():
                 if tasks and task not in tasks:
                     continue
-                for method in DEFAULTS_METHODS:
-                    got = self.run("defaults", task, method, seed, common={}, max_train_samples=samples)
+                for label, r, settings in runs:
+                    got = self.run(experiment, task, label, seed, r=r, common={}, max_train_samples=samples, **settings)
                     complete &= got is not None
         return complete
 
@@ -637,9 +657,15 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="Table 1, long-run and defaults seeds (default: 0 1 2)"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="Table 1, long-run, defaults and equal seeds (default: 0 1 2)",
     )
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None, help="defaults, lrsearch: only these tasks")
+    parser.add_argument(
+        "--tasks", nargs="+", choices=TASKS, default=None, help="defaults, equal, lrsearch: only these tasks"
+    )
     parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
     parser.add_argument("--scratch", default=os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
     parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
@@ -673,8 +699,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
         elif experiment in ("table1", "long"):
             plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds)))
-        elif experiment == "defaults":
-            plan.append((experiment, functools.partial(runner.defaults, args.seeds, args.tasks)))
+        elif experiment in ("defaults", "equal"):
+            plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds, args.tasks)))
         elif experiment == "lrsearch":
             plan.append((experiment, functools.partial(runner.lrsearch, args.tasks)))
         else:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The Defaults table, the head experiment and the learning-rate searches on a lent GPU, in one device
-# call. Prepare here (project root):  bash ../shared/gpu/pack.sh
+# The Defaults table, the head experiment, the learning-rate searches and then the Equal-budget table on a lent
+# GPU, in one device call (what STOP leaves out, the next call continues). Prepare here (project root):  bash ../shared/gpu/pack.sh
 # then:  run(command="source .device/on-device.sh && bash benchmarks/gpu_defaults.sh", carry=[".device"], timeout_s=590)
 # Results come back as $OUT/glue-gpu.tar: untar it into benchmarks/results/ (it holds glue-gpu/<experiment>/*.json).
 # WORKERS processes share the GPU and the run list (glue.py's lock files); none starts a run after STOP (UTC).
@@ -10,9 +10,9 @@ STOP=${STOP:-$(date -u -d "+7 minutes" +%H:%M)}
 export SORA_BENCH_RESULTS=/tmp/glue-gpu SORA_DEVICE_MODEL=${SORA_DEVICE_MODEL:-/tmp/minilm}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for w in $(seq "$WORKERS"); do
-  python3 benchmarks/glue.py defaults head lrsearch --data-dir "$GLUE_DIR" --stop-at "$STOP" > "/tmp/worker$w.log" 2>&1 &
+  python3 benchmarks/glue.py defaults head lrsearch equal --data-dir "$GLUE_DIR" --stop-at "$STOP" > "/tmp/worker$w.log" 2>&1 &
 done
 wait
-grep -h "defaults/\|head/\|lrsearch/" /tmp/worker*.log | grep -v ": start$" | tail -n 80
+grep -h "defaults/\|head/\|lrsearch/\|equal/" /tmp/worker*.log | grep -v ": start$" | tail -n 80
 mkdir -p /tmp/pack/glue-gpu && cp -r /tmp/glue-gpu/. /tmp/pack/glue-gpu/
 tar -C /tmp/pack -cf "$OUT/glue-gpu.tar" glue-gpu && echo "results: $(find /tmp/glue-gpu -name '*.json' | wc -l) files"
