@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Defaults table, the head experiment, the learning-rate searches and then the Equal-budget table on a lent
-# GPU, in one device call (what STOP leaves out, the next call continues). Prepare here (project root):  bash ../shared/gpu/pack.sh
+# GPU, in one device call. Runs already in benchmarks/results/glue-gpu/ (committed by an earlier call) are skipped,
+# so what STOP leaves out, the next call continues. Prepare here (project root):  bash ../shared/gpu/pack.sh
 # then:  run(command="source .device/on-device.sh && bash benchmarks/gpu_defaults.sh", carry=[".device"], timeout_s=590)
 # Results come back as $OUT/glue-gpu.tar: untar it into benchmarks/results/ (it holds glue-gpu/<experiment>/*.json).
 # WORKERS processes share the GPU and the run list (glue.py's lock files); none starts a run after STOP (UTC).
@@ -8,6 +9,7 @@ set -uo pipefail
 WORKERS=${WORKERS:-14}
 STOP=${STOP:-$(date -u -d "+7 minutes" +%H:%M)}
 export SORA_BENCH_RESULTS=/tmp/glue-gpu SORA_DEVICE_MODEL=${SORA_DEVICE_MODEL:-/tmp/minilm}
+mkdir -p /tmp/glue-gpu && cp -r benchmarks/results/glue-gpu/. /tmp/glue-gpu/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 for w in $(seq "$WORKERS"); do
   python3 benchmarks/glue.py defaults head lrsearch equal --data-dir "$GLUE_DIR" --stop-at "$STOP" > "/tmp/worker$w.log" 2>&1 &
