@@ -29,6 +29,7 @@ import glue  # noqa: E402  (the runner's settings: tasks, sizes, trials)
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 GLUE = RESULTS / "glue"
+GLUE_GPU = RESULTS / "glue-gpu"  # benchmarks/gpu_defaults.sh's results, from a lent GPU
 FIGURES = GLUE / "figures"
 OUTPUT = ROOT / "BENCHMARKS.md"
 OUT_DIR = ROOT
@@ -55,9 +56,9 @@ METRIC_NAMES = {
 # loading
 
 
-def load(experiment: str, failed: bool = False) -> dict[str, dict[str, Any]]:
+def load(experiment: str, failed: bool = False, root: Path = GLUE) -> dict[str, dict[str, Any]]:
     """The results of ``experiment`` by run name (``failed``: its failed runs), ``method`` set to the method label."""
-    folder = GLUE / experiment / ("failed" if failed else "")
+    folder = root / experiment / ("failed" if failed else "")
     if not folder.is_dir():
         return {}
     results = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))}
@@ -522,6 +523,14 @@ def defaults_section(runs: dict[str, dict[str, Any]], failed: dict[str, dict[str
     elif runs:
         text += "Every finished run is above its bar."
     return text
+
+
+def defaults_block(root: Path) -> str:
+    """The Defaults table of the results under ``root`` and its learning-rate searches (the bars)."""
+    lrsearch = load("lrsearch", root=root)
+    bar = bars(lrsearch)
+    table_text = defaults_section(load("defaults", root=root), load("defaults", failed=True, root=root), bar)
+    return table_text + "\n\n" + lrsearch_text(lrsearch, bar)
 
 
 def defaults_claims(runs: dict[str, dict[str, Any]]) -> str:
@@ -1238,13 +1247,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{min(loads):.1f}-{max(loads):.1f} at the start of the runs), no GPU; torch {info['torch']}, transformers "
         f"{info['transformers']}, Python {info['python']}, {info['platform']}.\n"
     )
-    defaults_runs, defaults_failed = load("defaults"), load("defaults", failed=True)
+    defaults_runs = load("defaults")
     out.append("## Defaults: `sora train` with task and data flags only\n")
-    lrsearch = load("lrsearch")
-    task_bars = bars(lrsearch)
-    out.append(defaults_section(defaults_runs, defaults_failed, task_bars) + "\n")
-    out.append(lrsearch_text(lrsearch, task_bars) + "\n")
+    out.append(defaults_block(GLUE) + "\n")
     out.append(DEFAULTS_NOTE + "\n")
+    if load("defaults", root=GLUE_GPU):
+        gpus = sorted({r["machine"].get("gpu") or "?" for r in load("defaults", root=GLUE_GPU).values()})
+        out.append(f"### The Defaults on a GPU ({', '.join(gpus)}, `benchmarks/gpu_defaults.sh`)\n")
+        out.append(defaults_block(GLUE_GPU) + "\n")
     out.append("### Why default runs stayed at chance: the frozen pooler\n")
     out.append(head_section(load("head"), long_all) + "\n")
     out.append(HEAD_NOTE + "\n")
@@ -1252,7 +1262,13 @@ def main(argv: list[str] | None = None) -> int:
     out.append("From the Defaults table (the current recipe, full training sets, 3 epochs):\n")
     out.append(defaults_claims(defaults_runs) + "\n")
     out.append("## Equal budget: SoRA at a sparsity budget against LoRA and AdaLoRA of that size\n")
-    out.append(equal_section(load("equal"), defaults_runs) + "\n")
+    for root in (GLUE, GLUE_GPU):
+        if root == GLUE or load("equal", root=root):
+            out.append(
+                ("" if root == GLUE else "On the GPU: ")
+                + equal_section(load("equal", root=root), load("defaults", root=root))
+                + "\n"
+            )
     out.append("### Earlier regimes (pooler frozen, before the recipe fix)\n")
     out.append(
         "Paper (Ding et al. 2023, DeBERTaV3-base, full GLUE training sets): SoRA beats LoRA and AdaLoRA with about "

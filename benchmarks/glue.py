@@ -139,7 +139,7 @@ EQUAL_BUDGET = (
 # Learning-rate searches at `sora train`'s defaults otherwise (seed 0): full fine-tuning on the tasks whose bar an
 # adapter may not reach on this backbone (where it cannot clear a bar either, the bar is set from it), and AdaLoRA,
 # whose adapters start at zero singular values and learn slowly in 3 epochs (its paper: up to 30 epochs on MRPC).
-LR_SEARCH = {"full": (("rte", "cola"), (2e-5, 5e-5, 1e-4)), "adalora": (("mrpc", "rte"), (2e-3, 5e-3))}
+LR_SEARCH = {"full": (("rte", "cola"), (2e-5, 5e-5, 1e-4)), "adalora": (("mrpc", "rte", "cola"), (2e-3, 5e-3, 1e-2))}
 # The head experiment: the longer runs that stayed at chance while another seed learned (pooler frozen), run again
 # with nothing changed but the code's head, which now trains the pooler: the controlled test of the cause.
 HEAD_RERUNS = (
@@ -226,6 +226,7 @@ def machine() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
