@@ -505,7 +505,7 @@ def defaults_section(runs: dict[str, dict[str, Any]], failed: dict[str, dict[str
     text = (
         "`sora train --task T --method M --data-dir D --seed S` and nothing else (SST-2: "
         f"`--max-train-samples {glue.DEFAULTS_SAMPLES['sst2']}`), so: "
-        + (defaults_recipe(example) if example else "")
+        + (defaults_recipe(runs) if runs else "")
         + f". Training examples: {sizes}; dev sets complete. Metrics: "
         + ", ".join(f"{TASK_NAMES[t]} {m}" for t, m in metric.items())
         + ".\n\n"
@@ -666,15 +666,23 @@ def train_size(runs: dict[str, dict[str, Any]], task: str) -> int | None:
     return next((r["train_samples"] for r in runs.values() if r["task"] == task), None)
 
 
-def defaults_recipe(r: dict[str, Any]) -> str:
-    h = r["hyperparameters"]
+def defaults_recipe(runs: dict[str, dict[str, Any]]) -> str:
+    h = next(iter(runs.values()))["hyperparameters"]
+    lrs = default_lrs(runs)
+    rates = {METHOD_NAMES[m].split(" r")[0]: lrs[m] for m in glue.DEFAULTS_METHODS if m in lrs}
     return (
         f"{h['epochs']:g} epochs, batch {h['batch_size']}, max length {h['max_seq_length']}, warmup ratio "
         f"{h['warmup_ratio']:g}, weight decay {h['weight_decay']:g}, gradient clipping {h['max_grad_norm']:g}, "
-        f"r {h['r']} and LoRA alpha {h['lora_alpha']:g}, learning rate 1e-3 for the adapters (`DEFAULT_LR`), SoRA "
-        f"xi {h['xi']:g} with the paper's threshold, dev scored every epoch and the best epoch kept (AdaLoRA: the "
-        "last)"
+        f"r {h['r']} and LoRA alpha {h['lora_alpha']:g}, learning rate "
+        + ", ".join(f"{name} {lr:g}" for name, lr in rates.items())
+        + f" (`DEFAULT_LR`), SoRA xi {h['xi']:g} with the paper's threshold, dev scored every epoch and the best "
+        "epoch kept (AdaLoRA: the last)"
     )
+
+
+def default_lrs(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The learning rate of every method label in ``runs`` (one per label: the runs are at the defaults)."""
+    return {r["method"]: r["hyperparameters"]["lr"] for r in runs.values()}
 
 
 def head_section(head: dict[str, dict[str, Any]], long: dict[str, dict[str, Any]]) -> str:
