@@ -44,7 +44,7 @@ from transformers import TrainerCallback
 
 from .errors import SoraError
 from .layer import GATE_NAME, lora_layers, soft_threshold
-from .optim import SoraOptimizer
+from .optim import SoraOptimizer, as_sora_optimizer
 
 HOLD_XI = 0.5  # the controller's first xi: sora train's default (BENCHMARKS.md)
 XI_RANGE = (1e-4, 1.0)  # xi >= 1: no gate holds against the threshold; near 0 every zero gate revives
@@ -114,7 +114,7 @@ class SparsityBudget:
         group = optimizer.gate_group
         group.update(
             budget_target=target,
-            budget_start=live_params(gate_list, sizes),
+            budget_start=live_params(_flat(gate_list), sizes),
             budget_total_steps=total_steps,
             budget_step=0,
             budget_warmup=self.warmup,
@@ -144,9 +144,13 @@ def _gates_and_sizes(model: nn.Module) -> tuple[list[torch.Tensor], torch.Tensor
     return gate_list, torch.cat(sizes)
 
 
-def live_params(gate_list: list[torch.Tensor], sizes: torch.Tensor) -> int:
+def _flat(gate_list: list[torch.Tensor]) -> torch.Tensor:
+    """All gates in one float32 CPU vector, in module order."""
+    return torch.cat([g.detach().reshape(-1).float().cpu() for g in gate_list])
+
+
+def live_params(flat: torch.Tensor, sizes: torch.Tensor) -> int:
     """The non-zero adapter parameters: ``sum_i rank_i · (d_in_i + d_out_i)``, as ``count_parameters`` counts."""
-    flat = torch.cat([g.detach().reshape(-1).cpu() for g in gate_list])
     return int(sizes[flat != 0].sum())
 
 
@@ -185,8 +189,8 @@ def budget_step(model: nn.Module, optimizer: SoraOptimizer) -> None:
     group["budget_step"] += 1
     step, total = group["budget_step"], group["budget_total_steps"]
     gate_list, sizes = _gates_and_sizes(model)
-    flat = torch.cat([g.detach().reshape(-1).float().cpu() for g in gate_list])
-    plan, natural = planned_params(group, step), int(sizes[flat != 0].sum())
+    flat = _flat(gate_list)
+    plan, natural = planned_params(group, step), live_params(flat, sizes)
     tau = keep_threshold(flat, sizes, plan) if natural > plan else 0.0
     if tau > 0:
         for gate in gate_list:
@@ -210,14 +214,8 @@ def budget_log(optimizer: SoraOptimizer) -> dict[str, float]:
 
 def budget_target(optimizer: Any) -> int | None:
     """The target in parameters of the budget attached to ``optimizer``, or None."""
-    optimizer = _sora_optimizer(optimizer)
+    optimizer = as_sora_optimizer(optimizer)
     return None if optimizer is None else optimizer.gate_group.get("budget_target")
-
-
-def _sora_optimizer(optimizer: Any) -> SoraOptimizer | None:
-    """``optimizer`` (unwrapped from accelerate's wrapper) if it is a :class:`SoraOptimizer`, else None."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)
-    return optimizer if isinstance(optimizer, SoraOptimizer) else None
 
 
 class BudgetCallback(TrainerCallback):
@@ -229,11 +227,11 @@ class BudgetCallback(TrainerCallback):
         self.model = model
 
     def on_train_begin(self, args, state, control, **kwargs):
-        optimizer = _sora_optimizer(kwargs.get("optimizer"))
+        optimizer = as_sora_optimizer(kwargs.get("optimizer"))
         if optimizer is not None and "budget_target" in optimizer.gate_group:
             optimizer.gate_group["budget_total_steps"] = state.max_steps  # after a resume: the same value
 
     def on_step_end(self, args, state, control, **kwargs):
-        optimizer = _sora_optimizer(kwargs.get("optimizer"))
+        optimizer = as_sora_optimizer(kwargs.get("optimizer"))
         if optimizer is not None:
             budget_step(self.model, optimizer)

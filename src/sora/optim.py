@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -143,3 +144,10 @@ class SoraOptimizer(torch.optim.AdamW):
         tau = group["xi"] * (group["lr"] if group["threshold"] == "paper" else 1.0)
         inside = torch._foreach_clamp_max(torch._foreach_clamp_min(params, -tau), tau)
         torch._foreach_sub_(params, inside)
+
+
+def as_sora_optimizer(optimizer: Any) -> SoraOptimizer | None:
+    """``optimizer``, unwrapped from accelerate's wrapper (which the Trainer hands around), if it is a
+    :class:`SoraOptimizer`; else None."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    return optimizer if isinstance(optimizer, SoraOptimizer) else None

@@ -45,7 +45,7 @@ from .errors import SoraError
 from .layer import gates
 from .metrics import compute_metrics
 from .model import count_parameters, gate_ranks, get_sora_model
-from .optim import SoraOptimizer
+from .optim import SoraOptimizer, as_sora_optimizer
 from .prune import prune
 
 METHODS = ("sora", "lora", "adalora", "full", "bitfit")
@@ -334,8 +334,8 @@ class _SoraTrainer(Trainer):
     """The Trainer with SoRA's numbers in every log line and a stop on a non-finite loss."""
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps the optimizer
-        if isinstance(optimizer, SoraOptimizer) and "loss" in logs:
+        optimizer = as_sora_optimizer(self.optimizer)
+        if optimizer is not None and "loss" in logs:
             ranks = gate_ranks(self.model)
             logs["xi"] = optimizer.xi
             logs["live_ranks"] = sum(ranks.values())
