@@ -20,6 +20,7 @@ Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them i
   learned, SoRA at the ``sora train`` defaults and every method at its default learning rate.
 - ``head``: the longer runs that stayed at chance with the pooler frozen, again with the pooler trained;
 - ``lrsearch``: learning-rate searches of full fine-tuning (the bars) and AdaLoRA (``LR_SEARCH``);
+- ``epochs``: longer runs of a method that stays below a bar (``EPOCH_RUNS``);
 - ``defaults``: the Defaults table, ``sora train`` with task and data flags only (``DEFAULTS_SAMPLES``);
 - ``equal``: the Equal-budget table, SoRA at a sparsity budget against LoRA and AdaLoRA of that size (``EQUAL_BUDGET``).
 
@@ -140,6 +141,9 @@ EQUAL_BUDGET = (
 # adapter may not reach on this backbone (where it cannot clear a bar either, the bar is set from it), and AdaLoRA,
 # whose adapters start at zero singular values and learn slowly in 3 epochs (its paper: up to 30 epochs on MRPC).
 LR_SEARCH = {"full": (("rte", "cola"), (2e-5, 5e-5, 1e-4)), "adalora": (("mrpc", "rte", "cola"), (2e-3, 5e-3, 1e-2))}
+# Longer training at `sora train`'s defaults otherwise (seed 0): whether a method that stays below a bar in 3 epochs
+# is under-trained (AdaLoRA: its paper trains MRPC for 30 epochs). (task, method, epochs)
+EPOCH_RUNS = (("mrpc", "adalora", 10),)
 # The head experiment: the longer runs that stayed at chance while another seed learned (pooler frozen), run again
 # with nothing changed but the code's head, which now trains the pooler: the controlled test of the cause.
 HEAD_RERUNS = (
@@ -151,8 +155,8 @@ FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults", "equal")
 
 
 EXPERIMENTS = (
-    "xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "head", "lrsearch", "defaults", "equal",
-    "all",
+    "xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "head", "lrsearch", "epochs", "defaults",
+    "equal", "all",
 )  # fmt: skip
 
 
@@ -180,8 +184,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def run_name(task: str, method: str, r: int, seed: int, trial: int | None = None) -> str:
-    return f"{task}_{method}_r{r}_seed{seed}" + (f"_trial{trial}" if trial is not None else "")
+def run_name(task: str, method: str, r: int, seed: int, trial: int | str | None = None) -> str:
+    """``task_method_rR_seedS``, then ``_trialK`` (a search's trial K) or ``_<trial>`` (a named variant)."""
+    suffix = "" if trial is None else f"_trial{trial}" if isinstance(trial, int) else f"_{trial}"
+    return f"{task}_{method}_r{r}_seed{seed}{suffix}"
 
 
 def result_path(experiment: str, name: str) -> Path:
@@ -302,7 +308,7 @@ class Runner:
         method: str,
         seed: int,
         r: int = RANK,
-        trial: int | None = None,
+        trial: int | str | None = None,
         extra: dict[str, Any] | None = None,
         common: dict[str, Any] | None = None,
         **overrides: Any,
@@ -473,6 +479,16 @@ class Runner:
                 for k, lr in enumerate(lrs):
                     got = self.run("lrsearch", task, method, 0, trial=k, common={}, lr=lr, max_train_samples=None)
                     complete &= got is not None
+        return complete
+
+    def epochs(self) -> bool:
+        """``EPOCH_RUNS``: longer runs at `sora train`'s defaults but the number of epochs, seed 0."""
+        complete = True
+        for task, method, epochs in EPOCH_RUNS:
+            got = self.run(
+                "epochs", task, method, 0, trial=f"epochs{epochs}", common={}, epochs=epochs, max_train_samples=None
+            )
+            complete &= got is not None
         return complete
 
     def defaults(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
