@@ -513,8 +513,13 @@ def defaults_section(runs: dict[str, dict[str, Any]], failed: dict[str, dict[str
         + "\n\nCells: the dev score of the kept (best-epoch) checkpoint, then the parameters of the exported adapter "
         "(LoRA factors of the live ranks; AdaLoRA: of its live ranks). Every method also trains and exports the "
         f"classification head: {fmt_params(example['head_params']) if example else '—'} parameters (BERT's pooler "
-        "and the classifier), not counted in the cells. ✗: below the bar.\n\n"
+        "and the classifier), not counted in the cells. ✗: below the bar."
     )
+    reused = [f"{TASK_NAMES[r['task']]} {METHOD_NAMES[r['method']]} seed {r['seed']}" for r in runs.values()
+              if "reused_from" in r]  # fmt: skip
+    if reused:
+        text += " The cells of " + ", ".join(reused) + " are learning-rate search runs at what became the default."
+    text += "\n\n"
     if short:
         below = [
             f"{TASK_NAMES[r['task']]} {METHOD_NAMES[r['method']]} seed {r['seed']} ({score(r):.1f})" for r in short
@@ -526,11 +531,13 @@ def defaults_section(runs: dict[str, dict[str, Any]], failed: dict[str, dict[str
 
 
 def defaults_block(root: Path) -> str:
-    """The Defaults table of the results under ``root`` and its learning-rate searches (the bars)."""
-    lrsearch = load("lrsearch", root=root)
+    """The Defaults table of the results under ``root``, its learning-rate searches (the bars), the runs at a previous
+    default and the longer runs."""
+    lrsearch, previous = load("lrsearch", root=root), load("defaults-previous", root=root)
     bar = bars(lrsearch)
     table_text = defaults_section(load("defaults", root=root), load("defaults", failed=True, root=root), bar)
-    return table_text + "\n\n" + lrsearch_text(lrsearch, bar)
+    more = previous_text(previous, load("epochs", root=root))
+    return table_text + "\n\n" + lrsearch_text(lrsearch, previous, bar) + ("\n\n" + more if more else "")
 
 
 def defaults_claims(runs: dict[str, dict[str, Any]]) -> str:
@@ -640,20 +647,44 @@ def gap_text(diffs: list[float]) -> str:
     return f"{mean:+.1f} ± {2 * sem:.1f} ({word}, {len(diffs)} seeds)"
 
 
-def lrsearch_text(results: dict[str, dict[str, Any]], bar: dict[str, float]) -> str:
+def lrsearch_text(
+    results: dict[str, dict[str, Any]], previous: dict[str, dict[str, Any]], bar: dict[str, float]
+) -> str:
     """The learning-rate searches at the defaults otherwise: full fine-tuning (what this backbone can reach on the
-    hardest bars) and AdaLoRA (whether another rate lets it learn in 3 epochs)."""
+    hardest bars) and AdaLoRA (whether another rate lets it learn in 3 epochs), with the Defaults runs at a
+    method's previous default rate (``previous``)."""
     parts = []
     for method, (tasks, lrs) in glue.LR_SEARCH.items():
         for task in tasks:
             trials = [results.get(glue.run_name(task, method, glue.RANK, 0, k)) for k in range(len(lrs))]
-            done = [(lr, score(r)) for lr, r in zip(lrs, trials, strict=True) if r]
+            done = [(r["hyperparameters"]["lr"], score(r)) for r in trials if r]
+            old = previous.get(glue.run_name(task, method, glue.RANK, 0))
             if done:
-                scores = ", ".join(f"lr {lr:g} {v:.1f}" for lr, v in done)
+                scores = ", ".join(f"lr {lr:g} {v:.1f}" for lr, v in sorted(done))
+                if old:
+                    scores = f"lr {old['hyperparameters']['lr']:g} {score(old):.1f} (the previous default), {scores}"
                 parts.append(f"{METHOD_NAMES[method]} on {TASK_NAMES[task]}: {scores} (bar {bar[task]:g})")
     if not parts:
         return "Learning-rate searches (full fine-tuning for the bars, AdaLoRA): not measured yet."
     return "Learning-rate searches at `sora train`'s defaults otherwise (seed 0): " + "; ".join(parts) + "."
+
+
+def previous_text(previous: dict[str, dict[str, Any]], epochs: dict[str, dict[str, Any]]) -> str:
+    """The Defaults runs of a method at its previous default learning rate, and the longer runs (``epochs``)."""
+    parts = []
+    for method in glue.DEFAULTS_METHODS:
+        got = [r for r in previous.values() if r["method"] == method]
+        if got:
+            cells = ", ".join(f"{TASK_NAMES[r['task']]} {score(r):.1f}" for r in got)
+            parts.append(f"{METHOD_NAMES[method]} at its previous default, lr {got[0]['hyperparameters']['lr']:g} "
+                         f"(seed 0): {cells}.")  # fmt: skip
+    for r in epochs.values():
+        h = r["hyperparameters"]
+        parts.append(
+            f"{METHOD_NAMES[r['method']]} on {TASK_NAMES[r['task']]} for {h['epochs']:g} epochs instead of 3 (lr "
+            f"{h['lr']:g}, seed {r['seed']}): {score(r):.1f}, {trace_text(r)}."
+        )
+    return " ".join(parts)
 
 
 def glue_metric(task: str) -> str:
