@@ -1501,6 +1501,14 @@ def remaining(t1, t2, speed, schedules, long) -> str:
         todo.append(f"- Defaults table: {len(missing)} of {len(jobs)} runs not run (e.g. {', '.join(missing[:3])}): "
                     "`python benchmarks/glue.py defaults`, or all of it on a lent GPU in one call: "
                     "`benchmarks/gpu_defaults.sh`")  # fmt: skip
+    equal_jobs = len(seeds) * len(glue.DEFAULTS_SAMPLES) * len(glue.EQUAL_BUDGET)
+    if len(load("equal")) < equal_jobs:
+        todo.append(
+            f"- Equal-budget table: {equal_jobs - len(load('equal'))} of {equal_jobs} runs not run: "
+            "`python benchmarks/glue.py equal` (`benchmarks/gpu_defaults.sh` runs it after the Defaults)"
+        )
+    if len(load("epochs")) < len(glue.EPOCH_RUNS):
+        todo.append("- Longer runs of AdaLoRA on MRPC: `python benchmarks/glue.py epochs`")
     if len(load("head")) < len(glue.HEAD_RERUNS):
         todo.append("- The head experiment: `python benchmarks/glue.py head`")
     if len(load("lrsearch")) < sum(len(tasks) * len(lrs) for tasks, lrs in glue.LR_SEARCH.values()):
