@@ -217,6 +217,11 @@ CLI_ROWS: list[tuple[str, Callable[[Env], list[str]], str | tuple[str, ...]]] = 
         lambda e: ["report", str(e.tmp / "never-ran"), "--output", str(e.out / "r.html")],
         "never-ran does not exist",
     ),
+    (
+        "schedule-bad-xi-list",
+        lambda e: ["schedule", "--task", "rte", "--output-dir", str(e.out), "--xi-list", "0.1,x"],
+        "--xi-list takes comma-separated xi values such as 0.1,0.3,0.5, got '0.1,x'",
+    ),
     ("no-command", lambda e: [], "the following arguments are required: command"),
 ]
 

@@ -89,7 +89,10 @@ class SparsityBudget:
 
     def resolve(self, model: nn.Module) -> int:
         """The target as a number of non-zero parameters of ``model``'s adapter; an impossible one is a SoraError."""
-        _, sizes = _gates_and_sizes(model)
+        return self._resolve(_gates_and_sizes(model)[1])
+
+    def _resolve(self, sizes: torch.Tensor) -> int:
+        """:meth:`resolve` for an adapter whose ranks hold ``sizes`` parameters each."""
         full = int(sizes.sum())
         if self.target_params is not None:
             target = int(self.target_params)
@@ -109,8 +112,8 @@ class SparsityBudget:
             raise SoraError("a sparsity budget steers a sora.SoraOptimizer")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
             raise SoraError(f"total_steps must be an integer >= 1, got {total_steps!r}")
-        target = self.resolve(model)
         gate_list, sizes = _gates_and_sizes(model)
+        target = self._resolve(sizes)
         group = optimizer.gate_group
         group.update(
             budget_target=target,
@@ -145,8 +148,8 @@ def _gates_and_sizes(model: nn.Module) -> tuple[list[torch.Tensor], torch.Tensor
 
 
 def _flat(gate_list: list[torch.Tensor]) -> torch.Tensor:
-    """All gates in one float32 CPU vector, in module order."""
-    return torch.cat([g.detach().reshape(-1).float().cpu() for g in gate_list])
+    """All gates in one float32 CPU vector, in module order (one device-to-host copy, not one per gate)."""
+    return torch.cat([g.detach().reshape(-1) for g in gate_list]).float().cpu()
 
 
 def live_params(flat: torch.Tensor, sizes: torch.Tensor) -> int:

@@ -30,12 +30,12 @@ def _float_or_str(value: str) -> float | str:
         return value
 
 
-def _targets(text: str) -> list[float]:
-    """``--target-list``: comma-separated fractions of the r_max adapter."""
+def _numbers(flag: str, text: str, kind: str) -> list[float]:
+    """A comma-separated list of numbers (``--xi-list``, ``--target-list``); ``kind`` says what, with an example."""
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise SoraError(f"--target-list takes comma-separated fractions such as 0.9,0.7,0.5, got {text!r}") from None
+        raise SoraError(f"{flag} takes comma-separated {kind}, got {text!r}") from None
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -199,13 +199,15 @@ def _run(argv: list[str]) -> int:
     elif args.command == "schedule":
         from .schedule import run_schedule, xi_values
 
-        targets = _targets(args.target_list) if args.target_list else None
+        targets = None
+        if args.target_list:
+            targets = _numbers("--target-list", args.target_list, "fractions such as 0.9,0.7,0.5")
         if targets and args.xi_list:
             raise SoraError("give --target-list or --xi-list, not both")
         if targets:
             xis = [args.xi] * len(targets)  # each stage's budget steers xi from here
         elif args.xi_list:
-            xis = [float(v) for v in args.xi_list.split(",")]
+            xis = _numbers("--xi-list", args.xi_list, "xi values such as 0.1,0.3,0.5")
         else:
             xis = xi_values(
                 args.xi_schedule, args.xi_start if args.xi_start is not None else args.xi, args.xi_max, args.stages

@@ -271,8 +271,8 @@ def _finished_rows(
         raise SoraError(f"{path} is corrupt: cannot resume this schedule") from None
     if saved.get("xis") != xis or saved.get("epochs_per_stage") != epochs_per_stage or saved.get("targets") != targets:
         raise SoraError(
-            f"--resume with another schedule than the one in {out}: it has xis {saved.get('xis')} and "
-            f"{saved.get('epochs_per_stage')} epochs per stage"
+            f"--resume with another schedule than the one in {out}: it has xis {saved.get('xis')}, "
+            f"{saved.get('epochs_per_stage')} epochs per stage and targets {saved.get('targets')}"
         )
     return saved["stages"]
 
