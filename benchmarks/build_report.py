@@ -586,11 +586,19 @@ def paired(runs: dict[str, dict[str, Any]], task: str, a: str, b: str, ranks: tu
 
 # The Equal-budget table's rows: (label, rank, the budget's share of the r_max=8 adapter); LoRA r=8 from the Defaults
 EQUAL_ROWS = (("lora", glue.RANK, 1.0), *((label, r, ratio or r / glue.RANK) for label, r, ratio in glue.EQUAL_BUDGET))
-EQUAL_NAMES = {"sora-budget70": "SoRA r_max=8, budget 0.7", "sora-budget50": "SoRA r_max=8, budget 0.5"}
+BUDGETS = {label: ratio for label, _, ratio in glue.EQUAL_BUDGET if ratio}  # SoRA's budgeted labels
 
 
 def equal_name(label: str, r: int) -> str:
-    return EQUAL_NAMES.get(label) or METHOD_NAMES[label].replace("=8", f"={r}")
+    if label in BUDGETS:
+        return f"SoRA r_max={r}, budget {BUDGETS[label]:g}"
+    return METHOD_NAMES[label].replace(f"={glue.RANK}", f"={r}")
+
+
+def equal_rivals(label: str) -> list[tuple[str, int]]:
+    """What a SoRA budget is compared with: the rows of the nearest equal rank, and the Defaults' LoRA r=8."""
+    rank = round(BUDGETS[label] * glue.RANK)
+    return [(m, r) for m, r, ratio in glue.EQUAL_BUDGET if not ratio and r == rank] + [("lora", glue.RANK)]
 
 
 def equal_section(equal: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> str:
@@ -624,9 +632,8 @@ def equal_section(equal: dict[str, dict[str, Any]], defaults: dict[str, dict[str
         "at the `sora train` defaults.\n\n"
     )
     lines = []
-    for label, rivals in (("sora-budget70", ((("lora", 6), ("adalora", 6), ("lora", 8)))),
-                          ("sora-budget50", ((("lora", 4), ("adalora", 4), ("lora", 8))))):  # fmt: skip
-        for rival, r in rivals:
+    for label in BUDGETS:
+        for rival, r in equal_rivals(label):
             parts = []
             for task in glue.DEFAULTS_SAMPLES:
                 pairs = paired(runs, task, label, rival, (glue.RANK, r))
@@ -699,7 +706,7 @@ def train_size(runs: dict[str, dict[str, Any]], task: str) -> int | None:
 
 def defaults_recipe(runs: dict[str, dict[str, Any]]) -> str:
     h = next(iter(runs.values()))["hyperparameters"]
-    lrs = default_lrs(runs)
+    lrs = {r["method"]: r["hyperparameters"]["lr"] for r in runs.values()}  # one per label: runs at the defaults
     rates = {METHOD_NAMES[m].split(" r")[0]: lrs[m] for m in glue.DEFAULTS_METHODS if m in lrs}
     return (
         f"{h['epochs']:g} epochs, batch {h['batch_size']}, max length {h['max_seq_length']}, warmup ratio "
@@ -709,11 +716,6 @@ def defaults_recipe(runs: dict[str, dict[str, Any]]) -> str:
         + f" (`DEFAULT_LR`), SoRA xi {h['xi']:g} with the paper's threshold, dev scored every epoch and the best "
         "epoch kept (AdaLoRA: the last)"
     )
-
-
-def default_lrs(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The learning rate of every method label in ``runs`` (one per label: the runs are at the defaults)."""
-    return {r["method"]: r["hyperparameters"]["lr"] for r in runs.values()}
 
 
 def head_section(head: dict[str, dict[str, Any]], long: dict[str, dict[str, Any]]) -> str:
@@ -1296,8 +1298,8 @@ def main(argv: list[str] | None = None) -> int:
     out.append("## Defaults: `sora train` with task and data flags only\n")
     out.append(defaults_block(GLUE) + "\n")
     out.append(DEFAULTS_NOTE + "\n")
-    if load("defaults", root=GLUE_GPU):
-        gpus = sorted({r["machine"].get("gpu") or "?" for r in load("defaults", root=GLUE_GPU).values()})
+    if gpu_defaults := load("defaults", root=GLUE_GPU):
+        gpus = sorted({r["machine"].get("gpu") or "?" for r in gpu_defaults.values()})
         out.append(f"### The Defaults on a GPU ({', '.join(gpus)}, `benchmarks/gpu_defaults.sh`)\n")
         out.append(defaults_block(GLUE_GPU) + "\n")
     out.append("### Why default runs stayed at chance: the frozen pooler\n")
@@ -1307,13 +1309,9 @@ def main(argv: list[str] | None = None) -> int:
     out.append("From the Defaults table (the current recipe, full training sets, 3 epochs):\n")
     out.append(defaults_claims(defaults_runs) + "\n")
     out.append("## Equal budget: SoRA at a sparsity budget against LoRA and AdaLoRA of that size\n")
-    for root in (GLUE, GLUE_GPU):
-        if root == GLUE or load("equal", root=root):
-            out.append(
-                ("" if root == GLUE else "On the GPU: ")
-                + equal_section(load("equal", root=root), load("defaults", root=root))
-                + "\n"
-            )
+    out.append(equal_section(load("equal"), defaults_runs) + "\n")
+    if gpu_equal := load("equal", root=GLUE_GPU):
+        out.append("On the GPU:\n\n" + equal_section(gpu_equal, gpu_defaults) + "\n")
     out.append("### Earlier regimes (pooler frozen, before the recipe fix)\n")
     out.append(
         "Paper (Ding et al. 2023, DeBERTaV3-base, full GLUE training sets): SoRA beats LoRA and AdaLoRA with about "
@@ -1504,9 +1502,9 @@ def remaining(t1, t2, speed, schedules, long) -> str:
                     "`python benchmarks/glue.py defaults`, or all of it on a lent GPU in one call: "
                     "`benchmarks/gpu_defaults.sh`")  # fmt: skip
     equal_jobs = len(seeds) * len(glue.DEFAULTS_SAMPLES) * len(glue.EQUAL_BUDGET)
-    if len(load("equal")) < equal_jobs:
+    if (equal_done := len(load("equal"))) < equal_jobs:
         todo.append(
-            f"- Equal-budget table: {equal_jobs - len(load('equal'))} of {equal_jobs} runs not run: "
+            f"- Equal-budget table: {equal_jobs - equal_done} of {equal_jobs} runs not run: "
             "`python benchmarks/glue.py equal` (`benchmarks/gpu_defaults.sh` runs it after the Defaults)"
         )
     if len(load("epochs")) < len(glue.EPOCH_RUNS):
