@@ -143,7 +143,7 @@ EQUAL_BUDGET = (
 LR_SEARCH = {"full": (("rte", "cola"), (2e-5, 5e-5, 1e-4)), "adalora": (("mrpc", "rte", "cola"), (2e-3, 5e-3, 1e-2))}
 # Longer training at `sora train`'s defaults otherwise (seed 0): whether a method that stays below a bar in 3 epochs
 # is under-trained (AdaLoRA: its paper trains MRPC for 30 epochs). (task, method, epochs)
-EPOCH_RUNS = (("mrpc", "adalora", 10),)
+EPOCH_RUNS = (("mrpc", "adalora", 10), ("rte", "lora", 10))
 # The head experiment: the longer runs that stayed at chance while another seed learned (pooler frozen), run again
 # with nothing changed but the code's head, which now trains the pooler: the controlled test of the cause.
 HEAD_RERUNS = (
