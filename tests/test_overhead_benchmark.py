@@ -3,18 +3,13 @@ run end to end and report the ratios. No timing is asserted: the numbers of one 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import load_benchmark
 
-spec = importlib.util.spec_from_file_location("overhead", REPO / "benchmarks" / "overhead.py")
-overhead = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = overhead  # dataclasses look their module up there
-spec.loader.exec_module(overhead)
+overhead = load_benchmark("overhead")
 
 TINY = ["--rounds", "1", "--warmup", "0", "--batch-size", "2", "--seq-len", "8", "--threads", "1", "--layers", "1"]
 
@@ -29,6 +24,9 @@ def test_cpu_run_with_bf16_autocast_reports_the_ratios(model, modules, tmp_path)
         assert math.isfinite(report["ratios"][ratio]) and report["ratios"][ratio] > 0
     gates = report["results"]["gate_step"]["trainable_params"]
     assert gates == modules * overhead.RANK  # one layer: 6 adapted weights, r_max gate entries each
+    ops = report["op_counts"]
+    assert 0 < ops["lora"] < ops["sora"] == ops["lora"] + ops["sora_extra_over_lora"]
+    assert ops["sora_extra_over_lora"] == sum(ops["sora_extra_by_operator"].values())
 
 
 def test_deberta_v3_base_config_is_the_published_one():

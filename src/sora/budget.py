@@ -43,7 +43,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .errors import SoraError
-from .layer import GATE_NAME, lora_layers, soft_threshold
+from .layer import GatedLinear, gate_parameters, lora_layers, soft_threshold
 from .optim import SoraOptimizer, as_sora_optimizer
 
 HOLD_XI = 0.5  # the controller's first xi: sora train's default (BENCHMARKS.md)
@@ -134,17 +134,16 @@ def _is_number(value: Any) -> bool:
 
 
 def _gates_and_sizes(model: nn.Module) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every gate of ``model`` and, per gate entry, the parameters its rank holds (``d_in + d_out``)."""
-    gate_list, sizes = [], []
-    for _, layer, adapter in lora_layers(model):
-        gate = getattr(layer.lora_A[adapter], GATE_NAME, None)
-        if gate is not None:
-            gate_list.append(gate)
-            size = layer.lora_A[adapter].in_features + layer.lora_B[adapter].out_features
-            sizes.append(torch.full((gate.numel(),), size, dtype=torch.int64))
-    if not gate_list:
+    """The tensors that hold ``model``'s gates (:func:`sora.layer.gate_parameters`: one for all modules) and, per gate
+    entry in their order, the parameters its rank holds (``d_in + d_out``)."""
+    sizes = [
+        torch.full((lora_a.out_features,), lora_a.in_features + layer.lora_B[adapter].out_features, dtype=torch.int64)
+        for _, layer, adapter in lora_layers(model)
+        if isinstance(lora_a := layer.lora_A[adapter], GatedLinear)
+    ]
+    if not sizes:
         raise SoraError("the model has no SoRA gates: build it with sora.get_sora_model")
-    return gate_list, torch.cat(sizes)
+    return gate_parameters(model), torch.cat(sizes)
 
 
 def _flat(gate_list: list[torch.Tensor]) -> torch.Tensor:

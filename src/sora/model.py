@@ -15,7 +15,7 @@ from torch import nn
 from ._io import atomic_write
 from .config import SoraConfig
 from .errors import SoraError
-from .layer import GatedLinear, add_gate, attach_gate_fold, lora_layers
+from .layer import GATE_NAME, GatedLinear, add_gate, attach_gate_fold, gate_parameters, lora_layers
 
 WEIGHTS_NAME = "sora_model.safetensors"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -73,6 +73,17 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "adapter": adapter, "nonzero": nonzero}
 
 
+def _saved_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """What :func:`save_sora` writes: the trainable parameters, the gates under their modules' names (``sora_gate``)
+    rather than the one vector of :class:`sora.layer.GateFold` that trains them."""
+    banks = {id(p) for p in gate_parameters(model)}
+    return {
+        n: p
+        for n, p in model.named_parameters()
+        if (p.requires_grad and id(p) not in banks) or n.endswith(f".{GATE_NAME}")
+    }
+
+
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a safetensors file; a missing, truncated or foreign file is a one-line :class:`SoraError`."""
     path = Path(path)
@@ -90,7 +101,7 @@ def save_sora(model: PeftModel, directory: str | Path, optimizer: torch.optim.Op
     Everything is safetensors (tensors) plus JSON (config, the optimizer's param groups in the file's metadata).
     """
     directory = Path(directory)
-    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    tensors = {n: p.detach().cpu().clone() for n, p in _saved_parameters(model).items()}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -140,7 +151,7 @@ def load_sora(model: nn.Module, directory: str | Path, optimizer_factory=None):
 
 def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``tensors`` into ``model``'s trainable parameters; they must match by name and shape exactly."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = _saved_parameters(model)
     missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"

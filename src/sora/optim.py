@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .errors import SoraError
-from .layer import gates
+from .layer import gate_parameters
 
 GATE_UPDATES = ("adamw", "sgd")
 THRESHOLDS = ("paper", "constant")
@@ -72,7 +72,7 @@ class SoraOptimizer(torch.optim.AdamW):
             raise SoraError(f"gate_update must be one of {', '.join(GATE_UPDATES)}, got {gate_update!r}")
         if threshold not in THRESHOLDS:
             raise SoraError(f"threshold must be one of {', '.join(THRESHOLDS)}, got {threshold!r}")
-        gate_params = gates(model)
+        gate_params = gate_parameters(model)
         if not gate_params:
             raise SoraError("the model has no SoRA gates: build it with sora.get_sora_model")
         gate_ids = {id(p) for p in gate_params}
@@ -94,10 +94,34 @@ class SoraOptimizer(torch.optim.AdamW):
         super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a saved state; Adam stays multi-tensor also for states saved before every group had ``foreach``."""
-        super().load_state_dict(state_dict)
+        """Load a saved state; Adam stays multi-tensor also for states saved before every group had ``foreach``, and
+        a gate group saved with another split of the gates (one tensor per module, from before the gates shared one
+        vector) is joined or split to this one's."""
+        super().load_state_dict(self._regroup_gates(state_dict))
         for group in self.param_groups:
             group["foreach"] = True
+
+    def _regroup_gates(self, state_dict: dict) -> dict:
+        """``state_dict`` with the gate group's tensors (and their Adam state) split as in this optimizer."""
+        saved = state_dict["param_groups"][-1]["params"]
+        params = self.gate_group["params"]
+        sizes = [p.numel() for p in params]
+        if len(saved) == len(sizes) or not state_dict["param_groups"][-1].get("sora_gate"):
+            return state_dict
+        states = [state_dict["state"].get(i) for i in saved]
+        state = {i: s for i, s in state_dict["state"].items() if i not in saved}
+        new_ids = [saved[0] + k for k in range(len(sizes))]
+        if all(s is not None for s in states):
+            for i in new_ids:
+                state[i] = {"step": states[0]["step"].clone()}
+            for key in ("exp_avg", "exp_avg_sq"):
+                joined = torch.cat([s[key].reshape(-1) for s in states])
+                if joined.numel() != sum(sizes):
+                    raise SoraError(f"the saved gate state holds {joined.numel()} gate entries, the model {sum(sizes)}")
+                for i, param, part in zip(new_ids, params, joined.split(sizes), strict=True):
+                    state[i][key] = part.reshape(param.shape).clone()
+        groups = [*state_dict["param_groups"][:-1], {**state_dict["param_groups"][-1], "params": new_ids}]
+        return {"state": state, "param_groups": groups}
 
     @property
     def gate_group(self) -> dict:

@@ -42,7 +42,7 @@ from .budget import BudgetCallback, SparsityBudget, budget_log, budget_target
 from .config import SoraConfig
 from .data import TaskData, TaskSpec, load_task, load_validation, subsample, tokenize
 from .errors import SoraError
-from .layer import gates
+from .layer import gate_parameters
 from .metrics import compute_metrics
 from .model import count_parameters, gate_ranks, get_sora_model
 from .optim import SoraOptimizer, as_sora_optimizer
@@ -421,7 +421,7 @@ class _StepHooks(TrainerCallback):
         if self.method == "adalora":  # needs the gradients, which zero_grad clears right after this
             self.model.base_model.update_and_allocate(state.global_step)
         elif self.method == "sora":
-            values = torch.cat([g.detach().reshape(-1) for g in gates(self.model)])
+            values = torch.cat([g.detach().reshape(-1) for g in gate_parameters(self.model)])
             if not torch.isfinite(values).all():
                 raise SoraError(
                     f"a SoRA gate became NaN/Inf at step {state.global_step + 1}: training stopped; "
