@@ -7,18 +7,18 @@ parameter named ``sora_gate`` of ``lora_A[adapter]``. PEFT's ``lora_B(lora_A(dro
 equation once the gate sits between the two projections, which it does in one of two ways:
 
 * **Folded** (:class:`GateFold`, the training path of a whole model): the gates of all modules live in one
-  trainable vector (each module's ``sora_gate`` a view of its slice). Before the model's forward pass, one
+  trainable tensor (each module's ``sora_gate`` a view of its row). Before the model's forward pass, one
   multiplication over all modules at once forms ``B' = B · diag(g)`` for every module (``B`` of all modules stacked
   into one tensor, each row times its module's gate), and ``lora_B`` multiplies by its slice of ``B'``. Autograd takes
   the gradient back through that one multiplication: ``dL/dB = dL/dB' · diag(g)`` and
-  ``dL/dg_i = <B[:, i], dL/dB'[:, i]>``, for all modules in a few calls. A, B and the gate vector are ordinary leaf
+  ``dL/dg_i = <B[:, i], dL/dB'[:, i]>``, for all modules in a few calls. A, B and the gate tensor are ordinary leaf
   parameters that receive their gradients from autograd, so gradient clipping, gradient accumulation, DDP's
   all-reduce, checkpoints and the optimizer see the same numbers as with a gate parameter in each module. What goes
   away is the work per module and step: a gate multiply in the forward pass and, in the backward pass, two
   multiplies and the reduction of the gate's gradient over the batch (plus the dtype casts around them under
   autocast), and one gradient accumulation, clipping entry and optimizer entry per gate: a step at batch 32 on a GPU
   is bound by such per-operation costs. ``B'`` is never stored in place of B: B keeps the columns where ``g_i = 0``.
-* **Per module** (:class:`GatedLinear`): ``lora_A``'s output is multiplied by ``g`` (read from the vector, so the
+* **Per module** (:class:`GatedLinear`): ``lora_A``'s output is multiplied by ``g`` (read from the gate tensor, so the
   gradient still goes there). This runs whenever the fold does not: a LoRA layer called on its own, training with
   activation checkpointing (the recomputed forward pass must record the same operations as the first one), and a
   model whose adapters are not all on one device and dtype (there every gate is a parameter of its own).
@@ -55,7 +55,7 @@ def soft_threshold(x: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
 class GatedLinear(nn.Linear):
     """LoRA's down-projection ``A`` followed by ``diag(g)``: ``forward(x) = (A·x) ⊙ g``, or ``A·x`` while the gate is
     folded into its ``lora_B`` (``sora_folded``, set by :class:`GateFold` for one forward pass). In a model with a
-    :class:`GateFold` (``sora_bank``), g is read from the bank's trainable vector, of which ``sora_gate`` is a view."""
+    :class:`GateFold` (``sora_bank``), g is read from the bank's trainable tensor, of which ``sora_gate`` is a view."""
 
     sora_gate: nn.Parameter
     sora_folded: bool = False
@@ -238,7 +238,6 @@ def detach_gate_fold(base: nn.Module) -> None:
             base._forward_hooks_always_called.pop(key, None)
     fold = base._modules.pop(BANK_NAME, None)
     if fold is not None:
-        fold.tie()
         fold.release()
 
 
@@ -256,6 +255,6 @@ def gates(model: nn.Module) -> list[nn.Parameter]:
 
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters that train the gates: the one vector of each :class:`GateFold` (all gates), else the gates."""
+    """The parameters that train the gates: the one tensor of each :class:`GateFold` (all gates), else the gates."""
     banks = [m.gates for m in model.modules() if isinstance(m, GateFold)]
     return banks or gates(model)

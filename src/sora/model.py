@@ -75,7 +75,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 def _saved_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """What :func:`save_sora` writes: the trainable parameters, the gates under their modules' names (``sora_gate``)
-    rather than the one vector of :class:`sora.layer.GateFold` that trains them."""
+    rather than the one tensor of :class:`sora.layer.GateFold` that trains them."""
     banks = {id(p) for p in gate_parameters(model)}
     return {
         n: p

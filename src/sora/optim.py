@@ -96,7 +96,7 @@ class SoraOptimizer(torch.optim.AdamW):
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a saved state; Adam stays multi-tensor also for states saved before every group had ``foreach``, and
         a gate group saved with another split of the gates (one tensor per module, from before the gates shared one
-        vector) is joined or split to this one's."""
+        tensor) is joined or split to this one's."""
         super().load_state_dict(self._regroup_gates(state_dict))
         for group in self.param_groups:
             group["foreach"] = True
