@@ -643,21 +643,25 @@ def equal_section(equal: dict[str, dict[str, Any]], defaults: dict[str, dict[str
     return text + "Paired by seed, dev points:\n\n" + "\n".join(lines) + "\n\n" + verdict
 
 
+def _two_se(diffs: list[float]) -> float:
+    """Two standard errors of the mean of ``diffs`` (at least 2 of them)."""
+    return 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
 def gap_word(diffs: list[float]) -> str:
     """A paired difference's verdict: ahead or behind (beyond 2 standard errors), within noise, or one seed only."""
     if len(diffs) < 2:
         return "one seed only"
-    mean, sem = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return "within noise" if abs(mean) <= 2 * sem else ("ahead" if mean > 0 else "behind")
+    mean = statistics.fmean(diffs)
+    return "within noise" if abs(mean) <= _two_se(diffs) else ("ahead" if mean > 0 else "behind")
 
 
 def gap_text(diffs: list[float]) -> str:
     """A paired difference with its noise: the mean, and whether it is beyond 2 standard errors."""
-    mean, word = statistics.fmean(diffs), gap_word(diffs)
+    mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return f"{mean:+.1f} (1 seed: no noise estimate)"
-    sem = statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return f"{mean:+.1f} ± {2 * sem:.1f} ({word}, {len(diffs)} seeds)"
+    return f"{mean:+.1f} ± {_two_se(diffs):.1f} ({gap_word(diffs)}, {len(diffs)} seeds)"
 
 
 def lrsearch_text(

@@ -165,7 +165,7 @@ def trained_like(model, seed: int = 0, dead: float = 0.5):
 
 
 def gate_grads(model) -> list[torch.Tensor]:
-    """Each gate's gradient, in module order: its slice of the gradient of the one vector that trains all gates."""
+    """Each gate's gradient, in module order: its slice of the gradient of the one tensor that trains all gates."""
     (bank,) = sora.layer.gate_parameters(model)
     return list(bank.grad.reshape(-1).split([g.numel() for g in sora.layer.gates(model)]))
 
@@ -173,7 +173,7 @@ def gate_grads(model) -> list[torch.Tensor]:
 def named_grads(model) -> dict[str, torch.Tensor]:
     """The gradient of every trainable parameter by name, each gate's under its module's ``sora_gate``."""
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
-    bank = [n for n in grads if n.endswith(".sora_gates.gates")]
+    bank = [n for n in grads if n.endswith(f".{sora.layer.BANK_NAME}.gates")]
     if bank:
         del grads[bank[0]]
         names = [n for n, _ in model.named_parameters() if n.endswith(".sora_gate")]
