@@ -63,7 +63,7 @@ def _train_to_budget(model, steps: int, ratio: float, lr_schedule: str) -> tuple
         model(input_ids=ids[batch], labels=labels[batch]).loss.backward()
         optimizer.step()
         scheduler.step()
-        sora.budget_step(model, optimizer)
+        sora.budget_step(optimizer)
         optimizer.zero_grad()
     return target, optimizer
 
@@ -144,7 +144,7 @@ def test_the_controller_state_is_in_the_optimizer_state_dict_and_resumes_bit_exa
             model(input_ids=ids[batch], labels=labels[batch]).loss.backward()
             optimizer.step()
             scheduler.step()
-            sora.budget_step(model, optimizer)
+            sora.budget_step(optimizer)
             optimizer.zero_grad()
 
     def build():

@@ -27,9 +27,10 @@ as a number of non-zero adapter parameters (``target_params``: what the pruned L
 In short runs the gates move little from their N(0, 1) start (about lr per step), so the start weighs on which ranks
 survive; ``SoraConfig(gate_init=1.0)`` leaves the choice to the gradients alone.
 
-The controller's state (target, plan, step count, the last tau) lives in the optimizer's gate param group, so
-``optimizer.state_dict()`` (the Trainer's checkpoints, :func:`sora.save_sora`) saves it and ``load_state_dict``
-restores it: a resumed run is bit-exact. Every decision is a deterministic function of the gates and that state,
+The controller's state (target, plan, step count, the last tau, the parameters of each gate entry's rank) lives in
+the optimizer's gate param group: a step needs nothing else (no walk of the model), ``optimizer.state_dict()`` (the
+Trainer's checkpoints, :func:`sora.save_sora`) saves it and ``load_state_dict`` restores it: a resumed run is
+bit-exact. Every decision is a deterministic function of the gates and that state,
 so under DDP, whose processes hold identical gates, every process takes the same one.
 """
 
@@ -62,7 +63,7 @@ class SparsityBudget:
         budget.attach(model, optimizer, total_steps)
         for step in range(total_steps):
             ...; optimizer.step(); scheduler.step()
-            sora.budget_step(model, optimizer)       # after the LR scheduler's step, before zero_grad
+            sora.budget_step(optimizer)              # after the LR scheduler's step, before zero_grad
             optimizer.zero_grad()
 
     ``sora train --target-ratio / --target-params`` does this through :class:`BudgetCallback`.
@@ -124,6 +125,7 @@ class SparsityBudget:
             budget_end=self.end,
             budget_tau=0.0,
             budget_xi=HOLD_XI,
+            budget_sizes=sizes.tolist(),
         )
         optimizer.set_xi(0.0)
         return target
@@ -181,7 +183,7 @@ def keep_threshold(values: torch.Tensor, sizes: torch.Tensor, budget: int) -> fl
 
 
 @torch.no_grad()
-def budget_step(model: nn.Module, optimizer: SoraOptimizer) -> None:
+def budget_step(optimizer: SoraOptimizer) -> None:
     """Advance the budget in ``optimizer`` by one optimizer step: threshold the gates down to the plan and set ``xi``
     for the next step (see the module docstring). Call it after ``optimizer.step()`` and the LR scheduler's step.
     Does nothing when no budget is attached."""
@@ -190,7 +192,7 @@ def budget_step(model: nn.Module, optimizer: SoraOptimizer) -> None:
         return
     group["budget_step"] += 1
     step, total = group["budget_step"], group["budget_total_steps"]
-    gate_list, sizes = _gates_and_sizes(model)
+    gate_list, sizes = group["params"], torch.tensor(group["budget_sizes"])
     flat = _flat(gate_list)
     plan, natural = planned_params(group, step), live_params(flat, sizes)
     tau = keep_threshold(flat, sizes, plan) if natural > plan else 0.0
@@ -225,9 +227,6 @@ class BudgetCallback(TrainerCallback):
     Trainer's ``max_steps``, and :func:`budget_step` runs at every step end (after the LR scheduler's step, before
     the checkpoint of that step is saved, so a checkpoint holds the state its step left)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
     def on_train_begin(self, args, state, control, **kwargs):
         optimizer = as_sora_optimizer(kwargs.get("optimizer"))
         if optimizer is not None and "budget_target" in optimizer.gate_group:
@@ -236,4 +235,4 @@ class BudgetCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         optimizer = as_sora_optimizer(kwargs.get("optimizer"))
         if optimizer is not None:
-            budget_step(self.model, optimizer)
+            budget_step(optimizer)

@@ -202,7 +202,7 @@ def run_schedule(
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
             optimizers=(optimizer, scheduler),
-            callbacks=[_StepHooks(model, cfg.method), BudgetCallback(model)],
+            callbacks=[_StepHooks(model, cfg.method), BudgetCallback()],
         )
         started = time.perf_counter()
         trainer.train()

@@ -606,7 +606,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         processing_class=tokenizer,
         compute_metrics=family.trainer_metrics(data.spec, main_split),
         optimizers=(optimizer, None),
-        callbacks=[hooks, BudgetCallback(model)],
+        callbacks=[hooks, BudgetCallback()],
     )
     last = _last_complete_checkpoint(checkpoints, remove_incomplete=main) if resume else None
     started = time.perf_counter()
