@@ -68,6 +68,7 @@ COMMON: dict[str, Any] = {
     "logging_steps": 4,
 }
 RANK = 8
+SEEDS = (0, 1, 2)  # the seeds of every table with a seed spread
 
 # The learning-rate search: 2 trials per method, on one task, seed 0; the best dev score wins (ties: the first).
 HP_TASK = "sst2"
@@ -677,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds",
         type=int,
         nargs="+",
-        default=[0, 1, 2],
+        default=list(SEEDS),
         help="Table 1, long-run, defaults and equal seeds (default: 0 1 2)",
     )
     parser.add_argument(
@@ -711,8 +712,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("table1", lambda: runner.table1([0, 1])),
                 ("table2", runner.table2),
                 ("schedule", runner.schedule),
-                ("table1", lambda: runner.table1([0, 1, 2])),
-                ("long", lambda: runner.long([0, 1, 2])),
+                ("table1", lambda: runner.table1(list(SEEDS))),
+                ("long", lambda: runner.long(list(SEEDS))),
             ]
         elif experiment in ("table1", "long"):
             plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds)))
