@@ -30,8 +30,8 @@ survive; ``SoraConfig(gate_init=1.0)`` leaves the choice to the gradients alone.
 The controller's state (target, plan, step count, the last tau, the parameters of each gate entry's rank) lives in
 the optimizer's gate param group: a step needs nothing else (no walk of the model), ``optimizer.state_dict()`` (the
 Trainer's checkpoints, :func:`sora.save_sora`) saves it and ``load_state_dict`` restores it: a resumed run is
-bit-exact. Every decision is a deterministic function of the gates and that state,
-so under DDP, whose processes hold identical gates, every process takes the same one.
+bit-exact. Every decision is a deterministic function of the gates and that state, so under DDP, whose processes
+hold identical gates, every process takes the same one.
 """
 
 from __future__ import annotations
