@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import scipy.stats
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import glue  # noqa: E402  (the runner's settings: tasks, sizes, trials)
@@ -538,6 +540,7 @@ def defaults_claims(runs: dict[str, dict[str, Any]]) -> str:
             if pairs:
                 parts.append(f"{TASK_NAMES[task]} {gap_text([score(a) - score(b) for a, b in pairs])}")
         lines.append(f"- **{claim}** (SoRA − {METHOD_NAMES[rival]}, dev points, paired by seed): " + "; ".join(parts))
+    lines[-1] += f" ({NOISE_NOTE})"
     shares = []
     for task in glue.DEFAULTS_SAMPLES:
         pairs = paired(runs, task, "sora-default", "lora")
@@ -643,28 +646,35 @@ def equal_section(equal: dict[str, dict[str, Any]], defaults: dict[str, dict[str
         )
     else:
         verdict = f"**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters)**: {tally}."
-    return text + "Paired by seed, dev points:\n\n" + "\n".join(lines) + "\n\n" + verdict
+    return text + f"Paired by seed, dev points ({NOISE_NOTE}):\n\n" + "\n".join(lines) + "\n\n" + verdict
 
 
-def _two_se(diffs: list[float]) -> float:
-    """Two standard errors of the mean of ``diffs`` (at least 2 of them)."""
-    return 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))
+NOISE_NOTE = (
+    "± is half the width of the 95% confidence interval of the mean paired difference, Student's t over the seeds; "
+    "within noise: the interval holds 0"
+)
+
+
+def _noise(diffs: list[float]) -> float:
+    """Half the width of the 95% confidence interval of the mean of ``diffs`` (at least 2 of them): Student's t
+    with ``n - 1`` degrees of freedom, as wide as the few seeds make it (4.3 standard errors at 3 seeds)."""
+    return float(scipy.stats.t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
 def gap_word(diffs: list[float]) -> str:
-    """A paired difference's verdict: ahead or behind (beyond 2 standard errors), within noise, or one seed only."""
+    """A paired difference's verdict: ahead or behind (its 95% interval excludes 0), within noise, or one seed only."""
     if len(diffs) < 2:
         return "one seed only"
     mean = statistics.fmean(diffs)
-    return "within noise" if abs(mean) <= _two_se(diffs) else ("ahead" if mean > 0 else "behind")
+    return "within noise" if abs(mean) <= _noise(diffs) else ("ahead" if mean > 0 else "behind")
 
 
 def gap_text(diffs: list[float]) -> str:
-    """A paired difference with its noise: the mean, and whether it is beyond 2 standard errors."""
+    """A paired difference with its noise: the mean ± the half-width of its 95% interval, and the verdict word."""
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return f"{mean:+.1f} (1 seed: no noise estimate)"
-    return f"{mean:+.1f} ± {_two_se(diffs):.1f} ({gap_word(diffs)}, {len(diffs)} seeds)"
+    return f"{mean:+.1f} ± {_noise(diffs):.1f} ({gap_word(diffs)}, {len(diffs)} seeds)"
 
 
 def lrsearch_text(
