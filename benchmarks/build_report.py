@@ -184,11 +184,11 @@ def table1_section(t1: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     header += [f"{TASK_NAMES[t]} ({metric.get(t, '?')})" for t in glue.TASKS] + ["seeds"]
     rows, summary = [], {}
     for m in methods_of(t1):
-        row = [METHOD_NAMES[m], fmt_params(nonzero_of(params.get(m, [])))]
+        summary[m] = {"nonzero": nonzero_of(params.get(m, []))}
+        row = [METHOD_NAMES[m], fmt_params(summary[m]["nonzero"])]
         row += [fmt_ms(cells.get((t, m), [])) for t in glue.TASKS]
         row.append(",".join(str(s) for s in sorted(seeds.get(m, []))) or "—")
         rows.append(row)
-        summary[m] = {"nonzero": nonzero_of(params.get(m, [])), "seeds": sorted(seeds.get(m, []))}
     text = table(header, rows)
     text += (
         "\n\nCells: mean ± standard deviation over the seeds (one seed: the value alone), dev set, the final model. "
