@@ -1,0 +1,97 @@
+"""benchmarks/report/stats.py (paired gaps, Student-t intervals, the verdict rule) on hand-computed cases, and the
+Equal-budget verdict that reads them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import scipy.stats
+from conftest import load_benchmark
+
+load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the script does
+
+from report import stats  # noqa: E402
+from report.sections import equal  # noqa: E402
+
+AHEAD, WITHIN, BEHIND = [2.0, 3.0, 4.0], [1.0, 2.0, 3.0], [-4.0, -3.0, -2.0]
+
+
+def test_mean_std():
+    assert stats.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    mean, std = stats.mean_std([4.0])
+    assert mean == 4.0 and math.isnan(std)
+
+
+def test_differences_pair_by_value():
+    runs = [({"s": 70.0}, {"s": 68.5}), ({"s": 60.0}, {"s": 61.0})]
+    assert stats.differences(runs, lambda r: r["s"]) == [1.5, -1.0]
+
+
+def test_half_width_is_student_t():
+    # 3 seeds, sample std 1: t(0.975, 2) = 4.3027 standard errors of 1 / sqrt(3)
+    assert scipy.stats.t.ppf(0.975, 2) == pytest.approx(4.302652729911275)
+    assert stats.half_width(WITHIN) == pytest.approx(4.302652729911275 / math.sqrt(3))
+    assert stats.half_width(WITHIN) == pytest.approx(2.4841, abs=1e-4)
+    # 2 seeds: t(0.975, 1) = 12.7062, std 0.7071, n 2 -> 12.7062 * 0.5
+    assert stats.half_width([0.5, 1.5]) == pytest.approx(12.706204736174698 * 0.5)
+    # the width does not depend on the mean
+    assert stats.half_width([x + 10 for x in WITHIN]) == pytest.approx(stats.half_width(WITHIN))
+
+
+def test_gap_word():
+    assert stats.gap_word(WITHIN) == "within noise"  # mean 2 <= 2.48
+    assert stats.gap_word(AHEAD) == "ahead"  # mean 3 > 2.48
+    assert stats.gap_word(BEHIND) == "behind"
+    assert stats.gap_word([5.0]) == "one seed only"
+    assert stats.gap_word([0.0, 0.0, 0.0]) == "within noise"
+
+
+def test_gap_text():
+    assert stats.gap_text(WITHIN) == "+2.0 ± 2.5 (within noise, 3 seeds)"
+    assert stats.gap_text(BEHIND) == "-3.0 ± 2.5 (behind, 3 seeds)"
+    assert stats.gap_text([1.5]) == "+1.5 (1 seed: no noise estimate)"
+
+
+def test_tally_counts():
+    t = stats.tally([AHEAD, WITHIN, BEHIND, [-1.0, 0.0, 0.5], [-2.0]])
+    assert t == stats.Tally(comparisons=5, ahead=1, within=2, behind=1, below=3)
+
+
+@pytest.mark.parametrize(
+    ("diffs", "outcome"),
+    [
+        ([AHEAD, AHEAD, WITHIN], "beats"),  # more than half ahead, none behind
+        ([AHEAD, AHEAD, AHEAD, BEHIND], "level"),  # one behind: no win, and not every mean below
+        ([AHEAD, AHEAD, WITHIN, WITHIN], "level"),  # half ahead is not more than half
+        ([BEHIND, BEHIND, AHEAD], "behind"),  # more than half behind
+        ([BEHIND, [-1.0, -0.5, 0.2], [-0.1, -0.2, 0.1]], "trails"),  # every mean below, most within noise
+        ([WITHIN, [-1.0, -0.5, 0.2]], "level"),
+    ],
+)
+def test_verdict_rule(diffs, outcome):
+    assert stats.tally(diffs).outcome == outcome
+
+
+def test_equal_budget_verdict_on_constructed_gaps():
+    below = [-1.0, -0.5, 0.2]
+    gaps = {"lora": [below, BEHIND, below, below], "adalora": [AHEAD, WITHIN]}
+    text = equal.verdict(gaps, short={})
+    assert text.startswith("**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters): not ")
+    assert "not reproduced here.**" in text
+    assert (
+        "Against LoRA (4 task comparisons) SoRA is ahead in 0, within noise in 3 and behind in 1 (mean below LoRA's "
+        "in 4); against AdaLoRA (2 task comparisons) SoRA is ahead in 1, within noise in 1 and behind in 0 (mean "
+        "below AdaLoRA's in 0)." in text
+    )
+    assert "SoRA trails LoRA (every mean below, most gaps within noise) and is level with AdaLoRA within noise." in text
+    held = equal.verdict({"lora": [AHEAD, AHEAD], "adalora": [AHEAD, AHEAD, WITHIN]}, short={})
+    assert "holds here.**" in held and "SoRA beats LoRA and beats AdaLoRA." in held
+
+
+def test_equal_budget_verdict_waits_for_seeds():
+    text = equal.verdict({"lora": [AHEAD, [1.0]]}, short={"SST-2": 1})
+    claim = "**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters)"
+    assert text.startswith(f"{claim}: not yet.**")
+    assert "Of the task comparisons above, ahead in 1, one seed only in 1;" in text
+    assert "has fewer for SST-2 1 seed (`python benchmarks/glue.py equal`)." in text
