@@ -1,8 +1,9 @@
-"""benchmarks/report/stats.py (paired gaps, Student-t intervals, the verdict rule) on hand-computed cases, and the
-Equal-budget verdict that reads them."""
+"""benchmarks/report/stats.py (paired gaps, Student-t intervals, the verdict rule) on hand-computed cases, the
+Equal-budget verdict that reads them, and the Machine section's reading of the machines the results record."""
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -12,7 +13,8 @@ from conftest import load_benchmark
 load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the script does
 
 from report import stats  # noqa: E402
-from report.sections import equal  # noqa: E402
+from report.load import Machine  # noqa: E402
+from report.sections import equal, machine  # noqa: E402
 
 AHEAD, WITHIN, BEHIND = [2.0, 3.0, 4.0], [1.0, 2.0, 3.0], [-4.0, -3.0, -2.0]
 
@@ -95,3 +97,18 @@ def test_equal_budget_verdict_waits_for_seeds():
     assert text.startswith(f"{claim}: not yet.**")
     assert "Of the task comparisons above, ahead in 1, one seed only in 1;" in text
     assert "has fewer for SST-2 1 seed (`python benchmarks/glue.py equal`)." in text
+
+
+def test_machine_line_comes_from_the_results():
+    xeon = Machine(2, "Intel(R) Xeon(R) Processor", None, "2.13.0+cpu", "5.24.0", "3.11.7")
+    one = machine.machine_text(collections.Counter({xeon: 5}), [0.2, 5.93])
+    assert one == (
+        "2 CPU cores (Intel(R) Xeon(R) Processor), shared with other developers' jobs (1-minute load average 0.2-5.9 "
+        "at the start of the runs), no GPU; torch 2.13.0+cpu, transformers 5.24.0, Python 3.11.7."
+    )
+    gpu = Machine(16, "AMD EPYC", "NVIDIA H100", "2.13.0+cu128", "5.24.0", "3.11.7")
+    two = machine.machine_text(collections.Counter({xeon: 5, gpu: 7}), [1.0])
+    assert two.startswith("The GLUE result files record 2 machines: 16 CPU cores (AMD EPYC), GPU NVIDIA H100; ")
+    assert "(7 result files); 2 CPU cores (Intel(R) Xeon(R) Processor), no GPU; " in two
+    assert two.endswith("(5 result files). The machines were shared with other developers' jobs (1-minute load "
+                        "average 1.0-1.0 at the start of the runs).")  # fmt: skip

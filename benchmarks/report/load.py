@@ -1,12 +1,13 @@
-"""Reading the results: the result JSONs of every GLUE experiment, the other benchmarks' JSONs, and the selections
-the sections share (complete seeds, runs paired by seed)."""
+"""Reading the results: the result JSONs of every GLUE experiment, the other benchmarks' JSONs, the machines the
+results record, and the selections the sections share (complete seeds, runs paired by seed)."""
 
 from __future__ import annotations
 
+import collections
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import glue  # the runner's settings: tasks, sizes, trials
 
@@ -34,6 +35,29 @@ def load(experiment: str, failed: bool = False, root: Path = GLUE) -> Runs:
 def read_json(path: Path) -> dict[str, Any] | None:
     """One JSON file (None when it does not exist)."""
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+class Machine(NamedTuple):
+    """What a GLUE result records of the machine that measured it (``glue.machine()``)."""
+
+    nproc: int | None
+    cpu: str | None
+    gpu: str | None
+    torch: str | None
+    transformers: str | None
+    python: str | None
+
+
+def machines(root: Path = GLUE) -> collections.Counter[Machine]:
+    """The machines recorded by the results of every experiment under ``root`` (failed runs included), with the
+    number of result files of each."""
+    found: collections.Counter[Machine] = collections.Counter()
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for folder in folders:
+        for r in [*load(folder.name, root=root).values(), *load(folder.name, failed=True, root=root).values()]:
+            if m := r.get("machine"):
+                found[Machine(*(m.get(field) for field in Machine._fields))] += 1
+    return found
 
 
 def methods_of(results: Runs) -> list[str]:
@@ -90,6 +114,7 @@ class Results:
     long: Runs  # long, the (method, seed) pairs that finished every task
     defaults: Runs
     gpu_defaults: Runs
+    machines: collections.Counter[Machine]
 
 
 def read(out_dir: Path) -> Results:
@@ -116,4 +141,5 @@ def read(out_dir: Path) -> Results:
         long=complete_seeds(long_all),
         defaults=load("defaults"),
         gpu_defaults=load("defaults", root=GLUE_GPU),
+        machines=machines(),
     )
