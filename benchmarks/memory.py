@@ -2,7 +2,7 @@
 
 The run is ``sora.train.train`` in this process (SoRA, the embedded MiniLM-L6, an RTE subset), exactly what
 ``sora train`` does, with one addition: a ``TrainerCallback`` attached to the Trainer that ``train`` builds (the
-benchmark swaps ``sora.train._SoraTrainer`` for a subclass that adds the callback; nothing else changes). What is
+benchmark swaps ``sora.train.SoraTrainer`` for a subclass that adds the callback; nothing else changes). What is
 measured, for the whole process (model, data, Trainer, Python heap):
 
 * ``peak_rss_mib``: ``getrusage(RUSAGE_SELF).ru_maxrss``, the process's peak RSS so far, read when epoch k's
@@ -134,18 +134,18 @@ class MemoryRecorder(TrainerCallback):
 @contextmanager
 def recording(recorder: MemoryRecorder):
     """Make ``sora.train.train`` build its Trainer with ``recorder`` attached."""
-    original = sora_train._SoraTrainer
+    original = sora_train.SoraTrainer
 
     class MeasuredTrainer(original):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.add_callback(recorder)
 
-    sora_train._SoraTrainer = MeasuredTrainer
+    sora_train.SoraTrainer = MeasuredTrainer
     try:
         yield
     finally:
-        sora_train._SoraTrainer = original
+        sora_train.SoraTrainer = original
 
 
 def growth(rows: list[dict[str, Any]], key: str, start_epoch: int) -> dict[str, float | bool]:

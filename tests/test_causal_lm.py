@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 import sora
 from sora import SoraError
-from sora.causal_lm import IGNORE, encode_record, read_examples
 from sora.cli import main
 from sora.export import uniform_rank
+from sora.tasks.causal_lm import IGNORE, encode_record, read_examples
 
 LETTERS = "abcdef"
 DECODERS = {"gpt2": gpt2, "llama": llama, "qwen2": qwen2}

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from sora import cli
 from sora.optim import SoraOptimizer
-from sora.train import _last_complete_checkpoint
+from sora.run_folder import last_complete_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # 48 RTE pairs, batch 8, 2 epochs: 12 steps; a checkpoint and an evaluation every 2 steps.
@@ -152,7 +152,7 @@ def test_resume_skips_checkpoints_left_half_written_by_a_kill(tmp_path, glue_dir
     (no_state / "trainer_state.json").unlink()
     weights = truncated / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    assert _last_complete_checkpoint(checkpoints) == str(good)
+    assert last_complete_checkpoint(checkpoints) == str(good)
 
     result = _train(out, glue_dir, *SPARSE, "--resume")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -178,12 +178,12 @@ def test_last_complete_checkpoint_ignores_and_removes_broken_folders(tmp_path, r
     (ckpts / "checkpoint-40").mkdir()  # an empty folder: the first moment of a save
     (ckpts / "notes-99").mkdir()  # not a checkpoint at all
 
-    assert _last_complete_checkpoint(ckpts) == str(ckpts / "checkpoint-4")
+    assert last_complete_checkpoint(ckpts) == str(ckpts / "checkpoint-4")
     assert len(list(ckpts.iterdir())) == 8, "without remove_incomplete nothing is deleted"
-    assert _last_complete_checkpoint(ckpts, remove_incomplete=True) == str(ckpts / "checkpoint-4")
+    assert last_complete_checkpoint(ckpts, remove_incomplete=True) == str(ckpts / "checkpoint-4")
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-2", "checkpoint-4", "notes-99"]
-    assert _last_complete_checkpoint(tmp_path / "absent") is None
-    assert _last_complete_checkpoint(tmp_path / "absent", remove_incomplete=True) is None
+    assert last_complete_checkpoint(tmp_path / "absent") is None
+    assert last_complete_checkpoint(tmp_path / "absent", remove_incomplete=True) is None
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from sora.cli import main
-from sora.train import head_modules
+from sora.tasks.classification import head_modules
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 FAMILIES = {

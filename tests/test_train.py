@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from transformers import AutoModelForSequenceClassification
 from sora import SoraError
 from sora.cli import main
 from sora.data import TaskSpec
-from sora.train import METHODS, TrainConfig, evaluate_adapter, load_classifier, train
+from sora.tasks.classification import load_classifier
+from sora.train import METHODS, TrainConfig, evaluate_adapter, train
 
 TINY = [
     "--max-train-samples",
@@ -296,3 +298,26 @@ def test_ranks_and_report_commands_on_real_runs(runs, tmp_path, capsys):
     assert f"{metrics['nonzero_params']:,}" in html and "data:image/png;base64," in html
     assert (tmp_path / "report.md").is_file()
     assert main(["ranks", str(runs["full"][0])]) == 2
+
+
+def test_sora_eval_scores_the_examples_the_run_scored_whatever_its_seed(tmp_path, capsys, glue_dir):
+    """A run with --seed 1 and a dev subset: `sora eval` with no subset flags scores that subset, not seed 42's, in the
+    run's batches, so the numbers are metrics.json's bit for bit (STS-B: a Pearson of another subset differs)."""
+    out = tmp_path / "seed1"
+    metrics = _train(out, "stsb", "lora", glue_dir, "--seed", "1", "--max-eval-samples", "40")
+    capsys.readouterr()
+    scored = []
+    for extra in ([], ["--max-eval-samples", "40"], ["--max-eval-samples", "40", "--seed", "42"]):
+        assert main(["eval", "--adapter", str(out / "adapter"), "--data-dir", str(glue_dir), *extra]) == 0
+        scored.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert scored[0] == metrics["eval"] and scored[1] == metrics["eval"]  # the same files, examples and batches
+    assert scored[2]["pearson"] != pytest.approx(metrics["eval"]["pearson"], abs=1e-3)  # seed 42's subset
+
+
+def test_a_run_prints_no_future_warning(tmp_path, glue_dir):
+    """PEFT reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: not shown to users."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(tmp_path / "run", "rte", "sora", glue_dir)
+        assert main(["eval", "--adapter", str(tmp_path / "run" / "adapter"), "--data-dir", str(glue_dir)]) == 0
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]

@@ -44,7 +44,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .errors import SoraError
-from .layer import GatedLinear, gate_parameters, lora_layers, soft_threshold
+from .layer import gate_parameters, soft_threshold
+from .model import live_params, rank_sizes
 from .optim import SoraOptimizer, as_sora_optimizer
 
 HOLD_XI = 0.5  # the controller's first xi: sora train's default (BENCHMARKS.md)
@@ -137,25 +138,16 @@ def _is_number(value: Any) -> bool:
 
 def _gates_and_sizes(model: nn.Module) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The tensors that hold ``model``'s gates (:func:`sora.layer.gate_parameters`: one for all modules) and, per gate
-    entry in their order, the parameters its rank holds (``d_in + d_out``)."""
-    sizes = [
-        torch.full((lora_a.out_features,), lora_a.in_features + layer.lora_B[adapter].out_features, dtype=torch.int64)
-        for _, layer, adapter in lora_layers(model)
-        if isinstance(lora_a := layer.lora_A[adapter], GatedLinear)
-    ]
-    if not sizes:
+    entry in their order, the parameters its rank holds (:func:`sora.model.rank_sizes`)."""
+    sizes = rank_sizes(model)
+    if not len(sizes):
         raise SoraError("the model has no SoRA gates: build it with sora.get_sora_model")
-    return gate_parameters(model), torch.cat(sizes)
+    return gate_parameters(model), sizes
 
 
 def _flat(gate_list: list[torch.Tensor]) -> torch.Tensor:
     """All gates in one float32 CPU vector, in module order (one device-to-host copy, not one per gate)."""
     return torch.cat([g.detach().reshape(-1) for g in gate_list]).float().cpu()
-
-
-def live_params(flat: torch.Tensor, sizes: torch.Tensor) -> int:
-    """The non-zero adapter parameters: ``sum_i rank_i · (d_in_i + d_out_i)``, as ``count_parameters`` counts."""
-    return int(sizes[flat != 0].sum())
 
 
 def planned_params(group: dict[str, Any], step: int) -> int:

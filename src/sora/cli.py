@@ -14,9 +14,26 @@ from dataclasses import fields
 from .errors import SoraError
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default once: appended where the help text does not say it already, and
+    not at all where there is none (an unset option, a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if action.option_strings and shown and "default" not in text:
+            text = f"{text} (default: %(default)s)".strip()
+        return text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help:  # argparse shows no help line without a help text, so the default would not show
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
+
+
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)  # --help shows defaults
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # one line, not usage + message
@@ -39,7 +56,7 @@ def _numbers(flag: str, text: str, kind: str) -> list[float]:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .train import DEFAULT_LR, METHODS, TrainConfig
+    from .run_config import DEFAULT_LR, METHODS, TrainConfig
 
     d = {f.name: f.default for f in fields(TrainConfig)}  # one source of defaults: TrainConfig
 
@@ -96,7 +113,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from .train import TrainConfig
+    from .run_config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     if values.get("text_columns"):
@@ -124,9 +141,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--validation-file", default=None, help="custom-task and causal-lm adapters: their dev file")
     ev.add_argument("--model", default=None, help="the base model (default: the one the adapter names)")
-    ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--max-eval-samples", type=int, default=None)
-    ev.add_argument("--seed", type=int, default=42)
+    ev.add_argument("--batch-size", type=int, default=None, help="default: the run's (twice its training batch)")
+    ev.add_argument(
+        "--max-eval-samples", type=int, default=None, help="score this many dev examples (default: as the run did)"
+    )
+    ev.add_argument("--seed", type=int, default=None, help="the dev subset's shuffle (default: the run's --seed)")
     ev.add_argument("--output", default=None, help="also write the metrics JSON to this file")
 
     sched = sub.add_parser("schedule", help="the sparsifying scheduler (Algorithm 1): raise xi stage by stage")

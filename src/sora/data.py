@@ -279,7 +279,7 @@ def _read_text(path: Path) -> str:
         raise SoraError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})") from None
 
 
-def _records(path: Path, columns: tuple[str, ...] | None) -> Iterator[tuple[int, dict[str, Any]]]:
+def records(path: Path, columns: tuple[str, ...] | None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, {column: value}) for each row of a .tsv (GLUE quoting: none), .csv or JSON Lines file."""
     suffix = path.suffix.lower()
     if suffix not in (".tsv", ".csv", ".jsonl", ".json"):
@@ -328,7 +328,7 @@ def _read_file(
     """Texts keyed ``text_a``/``text_b`` and (line, raw label string) pairs of one data file."""
     texts: dict[str, list[str]] = {key: [] for key in _TEXT_KEYS[: len(text_columns)]}
     labels = []
-    for line_num, record in _records(path, columns):
+    for line_num, record in records(path, columns):
         cells = [_cell(path, line_num, record, column) for column in (*text_columns, label_column)]
         if not cells[-1].strip():
             raise SoraError(f"{path}:{line_num}: empty label in column {label_column!r}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,7 +34,8 @@ def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     lora_config = config.to_lora_config(model_type)
     try:
-        peft_model = get_peft_model(model, lora_config)
+        with quiet_peft():
+            peft_model = get_peft_model(model, lora_config)
     except ValueError as e:
         first = str(e).strip().splitlines()[0]
         raise SoraError(
@@ -44,32 +48,65 @@ def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
     return peft_model
 
 
-def _relative_name(model: nn.Module, name: str) -> str:
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Building or loading a ``PeftModel``, without the FutureWarning that PEFT's own read of transformers' deprecated
+    ``is_gradient_checkpointing`` prints (one per model): it is no call of ours, and nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
+def relative_name(model: nn.Module, name: str) -> str:
     """A module name relative to the transformers model inside a PeftModel (the names target_modules use)."""
     return re.sub(r"^base_model\.model\.", "", name) if isinstance(model, PeftModel) else name
 
 
 def gate_ranks(model: nn.Module) -> dict[str, int]:
     """Module name -> rank: the number of non-zero gate entries (or LoRA's ``r`` for an ungated, pruned module)."""
-    return {_relative_name(model, name): _rank(layer.lora_A[adapter]) for name, layer, adapter in lora_layers(model)}
+    return {relative_name(model, name): _rank(layer.lora_A[adapter]) for name, layer, adapter in lora_layers(model)}
 
 
 def _rank(lora_a: nn.Linear) -> int:
     return int(torch.count_nonzero(lora_a.sora_gate)) if isinstance(lora_a, GatedLinear) else lora_a.out_features
 
 
+def rank_sizes(model: nn.Module) -> torch.Tensor:
+    """Per gate entry, in the order of :func:`sora.layer.gate_parameters`: the parameters its rank holds,
+    ``d_in + d_out`` of its module (int64; empty without gates)."""
+    sizes = [
+        torch.full((lora_a.out_features,), lora_a.in_features + layer.lora_B[adapter].out_features, dtype=torch.int64)
+        for _, layer, adapter in lora_layers(model)
+        if isinstance(lora_a := layer.lora_A[adapter], GatedLinear)
+    ]
+    return torch.cat(sizes) if sizes else torch.zeros(0, dtype=torch.int64)
+
+
+def live_params(gate_values: torch.Tensor, sizes: torch.Tensor) -> int:
+    """The non-zero adapter parameters of gates ``gate_values`` (all entries, flat) whose ranks hold ``sizes``:
+    ``sum_i rank_i · (d_in_i + d_out_i)``, what the pruned LoRA holds. The one count of live parameters: the logs,
+    :func:`count_parameters` and the sparsity budget all use it."""
+    return int(sizes[gate_values != 0].sum())
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Exact parameter counts from the shapes.
 
     ``trainable``: every parameter that trains now. ``adapter``: A, B and the gates. ``nonzero``: what the pruned LoRA
-    holds, ``sum_i rank_i · (d_in_i + d_out_i)``.
+    holds, :func:`live_params` of the gates plus the whole rank of every module without a gate (a pruned one).
     """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     adapter = nonzero = 0
+    gate_values = []
     for _, layer, adapter_name in lora_layers(model):
         lora_a, lora_b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
         adapter += sum(p.numel() for p in (*lora_a.parameters(), *lora_b.parameters()))
-        nonzero += _rank(lora_a) * (lora_a.in_features + lora_b.out_features)
+        if isinstance(lora_a, GatedLinear):
+            gate_values.append(lora_a.sora_gate.detach().reshape(-1).cpu())
+        else:
+            nonzero += lora_a.out_features * (lora_a.in_features + lora_b.out_features)
+    if gate_values:
+        nonzero += live_params(torch.cat(gate_values), rank_sizes(model))
     return {"trainable": trainable, "adapter": adapter, "nonzero": nonzero}
 
 

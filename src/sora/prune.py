@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from .errors import SoraError
 from .layer import GatedLinear, detach_gate_fold, lora_layers
-from .model import _relative_name
+from .model import quiet_peft, relative_name
 
 
 def _pattern(name: str) -> str:
@@ -60,13 +60,13 @@ def prune(model: PeftModel) -> PeftModel:
         live = gate != 0
         if live.any():
             b = lora_b.weight[:, live] * gate[live].to(lora_b.weight.dtype)
-            pruned[_relative_name(model, name)] = (lora_a.weight[live].clone(), b)
+            pruned[relative_name(model, name)] = (lora_a.weight[live].clone(), b)
     if not pruned:
         raise SoraError("every gate is zero: no LoRA module survives pruning (lower xi)")
     config = pruned_config(model, {n: a.shape[0] for n, (a, _) in pruned.items()})
     detach_gate_fold(model.get_base_model())
     base = model.unload()
-    with torch.random.fork_rng(devices=[]):  # PEFT's init of the new layers must not move the training RNG
+    with torch.random.fork_rng(devices=[]), quiet_peft():  # PEFT's init of the new layers must not move the RNG
         result = get_peft_model(base, config)
     inner = result.get_base_model()
     for name, (a, b) in pruned.items():

@@ -44,21 +44,11 @@ from .errors import SoraError
 from .model import count_parameters, gate_ranks, load_sora, save_sora
 from .optim import SoraOptimizer
 from .prune import prune
-from .train import (
-    CLASSIFICATION,
-    RUN_MARKER,
-    TrainConfig,
-    _export,
-    _load_inputs,
-    _prepare_output,
-    _score,
-    _SoraTrainer,
-    _StepHooks,
-    _training_args,
-    build,
-    load_classifier,
-    task_family,
-)
+from .run_config import TrainConfig
+from .run_folder import RUN_MARKER, eval_batch_size, export, prepare_output
+from .tasks import classification, task_family
+from .train import with_default_model
+from .trainer import SoraTrainer, StepHooks, build, training_args
 
 SCHEDULE_FILE = "schedule.json"
 
@@ -141,8 +131,9 @@ def run_schedule(
     """
     if cfg.method != "sora":
         raise SoraError(f"the sparsifying scheduler trains SoRA, not method {cfg.method!r}")
-    if task_family(cfg.task) is not CLASSIFICATION:
+    if task_family(cfg.task) is not classification.FAMILY:
         raise SoraError(f"the sparsifying scheduler runs classification tasks, not {cfg.task!r}")
+    cfg = with_default_model(cfg)
     xis = _check_xis(xis)
     if targets is not None:
         if len(targets) != len(xis):
@@ -151,19 +142,19 @@ def run_schedule(
             SparsityBudget(target_ratio=target)  # checks the value
     if not (isinstance(epochs_per_stage, int | float) and math.isfinite(epochs_per_stage) and epochs_per_stage > 0):
         raise SoraError(f"epochs_per_stage must be > 0, got {epochs_per_stage!r}")
-    out = _prepare_output(cfg, resume)
+    out = prepare_output(cfg, resume)
     rows = _finished_rows(out, xis, epochs_per_stage, targets) if resume else []
     if len(rows) == len(xis):
         return rows
     transformers.set_seed(cfg.seed)
-    data, tokenizer, train_set, dev = _load_inputs(cfg)
+    data, tokenizer, train_set, dev = classification.load_inputs(cfg)
     train_eval = subsample(train_set, cfg.max_eval_samples, cfg.seed)
-    model = load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
+    model = classification.load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
     steps = math.ceil(math.ceil(len(train_set) / cfg.batch_size) * epochs_per_stage)
     if rows:  # the saved param groups restore every hyperparameter (lr, xi, threshold, ...): only the grouping matters
         model, optimizer = load_sora(model, _state_dir(out, len(rows)), lambda m: SoraOptimizer(m, lr=cfg.lr))
     else:
-        model, optimizer = build(cfg, model, steps * len(xis))
+        model, optimizer = build(cfg, model, classification.FAMILY, steps * len(xis))
     schedule = {
         "task": cfg.task,
         "schedule": "targets" if targets is not None else _schedule_name(xis),
@@ -183,10 +174,10 @@ def run_schedule(
         target = None
         if targets is not None:  # the stage's budget: from the count now to its target by the stage's end
             target = SparsityBudget(target_ratio=targets[stage - 1]).attach(model, optimizer, steps)
-        args = _training_args(
+        args = training_args(
             cfg,
             out / "state",
-            data.spec,
+            data.spec.primary_metric,
             evaluate=False,
             num_train_epochs=epochs_per_stage,
             max_steps=steps,
@@ -195,14 +186,14 @@ def run_schedule(
         )
         warmup = args.get_warmup_steps(steps * len(xis))
         scheduler = get_constant_schedule_with_warmup(optimizer, warmup, last_epoch=(stage - 1) * steps - 1)
-        trainer = _SoraTrainer(
+        trainer = SoraTrainer(
             model=model,
             args=args,
             train_dataset=train_set,
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
             optimizers=(optimizer, scheduler),
-            callbacks=[_StepHooks(model, cfg.method), BudgetCallback()],
+            callbacks=[StepHooks(model, cfg.method), BudgetCallback()],
         )
         started = time.perf_counter()
         trainer.train()
@@ -215,11 +206,11 @@ def run_schedule(
             )
         save_sora(model, _state_dir(out, stage), optimizer)
         pruned = prune(copy.deepcopy(model))  # prune consumes its input; training goes on with `model`
-        _export(pruned, tokenizer, data, cfg, out / "adapters" / f"stage_{stage}")
-        batch = cfg.batch_size * 2
+        export(pruned, tokenizer, data.spec, cfg, out / "adapters" / f"stage_{stage}")
+        batch = eval_batch_size(cfg)
         dev_scores: dict[str, float] = {}
         for split, dataset in dev.items():
-            dev_scores.update(_score(pruned, tokenizer, data.spec, dataset, split, batch))
+            dev_scores.update(classification.score(pruned, tokenizer, data.spec, dataset, split, batch))
         nonzero = count_parameters(model)["nonzero"]
         revived = bool(rows) and nonzero > rows[-1]["nonzero_params"]
         rows.append(  # rows is schedule["stages"]
@@ -230,7 +221,7 @@ def run_schedule(
                 "nonzero_params": nonzero,
                 "live_ranks": sum(ranks.values()),
                 "ranks": ranks,
-                "train": _score(pruned, tokenizer, data.spec, train_eval, "train", batch),
+                "train": classification.score(pruned, tokenizer, data.spec, train_eval, "train", batch),
                 "dev": dev_scores,
                 "revived": revived,
                 "seconds": round(seconds, 3),

@@ -11,7 +11,7 @@ Every other token gets label -100, which the loss ignores. Sequences are cut at 
 batched with dynamic padding, grouped by length (the shared loop's sampler). Scores: the loss per trainable token
 (``loss``) and ``perplexity = exp(loss)`` on the validation file, with the same masking; with ``generate_eval`` also
 greedy generations for the first N validation prompts and their ``exact_match`` against the reference completion.
-This module holds the family's data reading, masking, collator and metrics; the training loop is ``train.train``.
+This module holds the family's data reading, masking, collator and metrics; the training loop is ``sora.train``.
 """
 
 from __future__ import annotations
@@ -28,18 +28,12 @@ from datasets import Dataset, DatasetDict
 from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
-from . import _io
-from .data import _records, subsample
-from .errors import SoraError
-from .train import (
-    TaskFamily,
-    TrainConfig,
-    _first_line,
-    _is_main_process,
-    _load_peft,
-    _saved_task,
-    load_tokenizer,
-)
+from .. import _io
+from ..data import records, subsample
+from ..errors import SoraError, first_line
+from ..run_config import TrainConfig
+from ..run_folder import is_main_process, load_exported, saved_task
+from .base import EvalOptions, LoadedTask, TaskFamily, load_tokenizer
 
 TASK = "causal-lm"
 IGNORE = -100  # the label of a token outside the loss
@@ -157,7 +151,7 @@ def _encode_chat(messages: Any, tokenizer: Any, where: str) -> Example:
                 messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
             )
         except (TemplateError, ValueError, TypeError) as e:  # e.g. a role order the template refuses
-            raise SoraError(f"{where}: the chat template fails on these messages: {_first_line(e)}") from None
+            raise SoraError(f"{where}: the chat template fails on these messages: {first_line(e)}") from None
 
     text = render(len(messages), False)
     spans = []
@@ -182,7 +176,7 @@ def read_examples(path: str | Path, tokenizer: Any, max_seq_length: int) -> list
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
         raise SoraError(f"{path}: unknown file type {path.suffix!r}; expected .jsonl, .json (JSON Lines) or .csv")
-    examples = [encode_record(r, tokenizer, max_seq_length, f"{path}:{line}") for line, r in _records(path, None)]
+    examples = [encode_record(r, tokenizer, max_seq_length, f"{path}:{line}") for line, r in records(path, None)]
     if not examples:
         raise SoraError(f"{path}: no data rows")
     return examples
@@ -213,7 +207,7 @@ def load_model(name: str, tokenizer: Any) -> torch.nn.Module:
     try:
         model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
     except (OSError, ValueError, KeyError) as e:
-        raise SoraError(f"cannot load model {name!r}: {_first_line(e)}") from None
+        raise SoraError(f"cannot load model {name!r}: {first_line(e)}") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -225,7 +219,7 @@ def _causal_tokenizer(name: str) -> Any:
     return tokenizer
 
 
-def load(cfg: TrainConfig) -> tuple[CausalLMData, Any, Dataset, dict[str, Dataset], torch.nn.Module]:
+def load(cfg: TrainConfig) -> LoadedTask:
     """The data, tokenizer, training set, dev split and model of a ``causal-lm`` run."""
     if cfg.method not in METHODS:
         raise SoraError(f"task {TASK} trains with {', '.join(METHODS)}, not {cfg.method!r}")
@@ -248,7 +242,7 @@ def load(cfg: TrainConfig) -> tuple[CausalLMData, Any, Dataset, dict[str, Datase
     )
     train_set = subsample(data.splits["train"], cfg.max_train_samples, cfg.seed)
     dev = {"validation": subsample(data.splits["validation"], cfg.max_eval_samples, cfg.seed)}
-    return data, tokenizer, train_set, dev, load_model(cfg.model, tokenizer)
+    return LoadedTask(data, tokenizer, train_set, dev, load_model(cfg.model, tokenizer))
 
 
 def _no_default_model() -> str:
@@ -321,48 +315,30 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[Example]) -> 
     return rows
 
 
-def _load_exported(adapter: Path, model_name: str | None) -> tuple[torch.nn.Module, Any]:
-    tokenizer = _causal_tokenizer(str(adapter))
-    adapter_config = adapter / "adapter_config.json"
-    if not adapter_config.is_file():  # full fine-tuning: a whole model
-        return load_model(str(adapter), tokenizer), tokenizer
-    base_name = model_name or json.loads(adapter_config.read_text(encoding="utf-8"))["base_model_name_or_path"]
-    return _load_peft(load_model(base_name, tokenizer), adapter, base_name), tokenizer
-
-
-def evaluate_adapter(
-    adapter: str | Path,
-    *,
-    task: str | None = None,
-    data: CausalLMData | None = None,
-    data_dir: str | None = None,
-    validation_file: str | None = None,
-    batch_size: int = 64,
-    max_eval_samples: int | None = None,
-    seed: int = 42,
-    model_name: str | None = None,
-) -> dict[str, float]:
+def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
     """Loss and perplexity of an exported causal-LM adapter (or full model) on the validation records.
 
-    ``data`` (from training) or ``validation_file``. With ``data.generate_eval`` = N, the first N validation prompts
-    are generated greedily into ``data.generations_file`` (JSON Lines) and ``exact_match`` is their matched share.
+    ``options.data`` (from training) or ``options.validation_file``. With ``data.generate_eval`` = N, the first N
+    validation prompts are generated greedily into ``data.generations_file`` (JSON Lines) and ``exact_match`` is
+    their matched share.
     """
-    adapter = Path(adapter)
-    if task not in (None, TASK) or data_dir is not None:
+    if options.task not in (None, TASK) or options.data_dir is not None:
         raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file, no other task or data")
-    model, tokenizer = _load_exported(adapter, model_name)
+    tokenizer = _causal_tokenizer(str(adapter))
+    model = load_exported(adapter, options.model_name, lambda name: load_model(name, tokenizer))
+    data = options.data
     if data is None:
-        if validation_file is None:
+        if options.validation_file is None:
             raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file")
-        max_seq_length = _saved_task(adapter)["max_seq_length"]
-        examples = read_examples(validation_file, tokenizer, max_seq_length)
+        max_seq_length = saved_task(adapter)["max_seq_length"]
+        examples = read_examples(options.validation_file, tokenizer, max_seq_length)
         data = CausalLMData(CausalLMSpec(), DatasetDict({"validation": to_dataset(examples)}), [])
-    dataset = subsample(data.splits["validation"], max_eval_samples, seed)
-    scores = masked_loss(model, tokenizer, dataset, batch_size)
+    dataset = subsample(data.splits["validation"], options.max_eval_samples, options.seed)
+    scores = masked_loss(model, tokenizer, dataset, options.batch_size)
     if data.generate_eval:
         rows = generate(model, tokenizer, data.prompts[: data.generate_eval])
         scores["exact_match"] = sum(r["exact_match"] for r in rows) / len(rows)
-        if data.generations_file is not None and _is_main_process():
+        if data.generations_file is not None and is_main_process():
             _io.write_text(data.generations_file, "".join(json.dumps(r) + "\n" for r in rows))
     return scores
 
@@ -375,5 +351,5 @@ FAMILY = TaskFamily(
     baseline=unigram_baseline,
     collator=collator,
     trainer_metrics=lambda spec, split: None,  # the Trainer's eval_loss selects the checkpoint
-    evaluate=evaluate_adapter,
+    evaluate=evaluate,
 )

@@ -1,0 +1,103 @@
+"""A run's settings: ``TrainConfig``, saved as ``run_config.json`` in the run folder, and the methods it names."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .budget import SparsityBudget
+from .errors import SoraError
+
+METHODS = ("sora", "lora", "adalora", "full", "bitfit")
+# Learning rates per method when --lr is not given (see BENCHMARKS.md for the evidence behind them). AdaLoRA's
+# adapter starts at zero singular values with N(0, 0.02) factors, so in a few epochs it needs a larger rate than LoRA:
+# 5e-3 was its best on MRPC, CoLA and RTE together in the search over 1e-3 to 1e-2 ("Defaults").
+DEFAULT_LR = {"sora": 1e-3, "lora": 1e-3, "adalora": 5e-3, "full": 5e-5, "bitfit": 1e-3}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as ``run_config.json`` in the run folder.
+
+    SoRA's defaults: the gates take Adam steps and the paper's threshold ``tau = xi * lr_t``, with ``xi = 0.5``.
+    An Adam step moves a gate by at most about ``lr_t``, so a gate survives while its gradient is consistent enough
+    to outpull half a step per step, and noise-driven gates die, however long the run. (A constant ``tau`` larger
+    than the Adam step, e.g. 5e-3 at lr 1e-3, prunes about half the ranks in 128 steps but kills every rank in
+    runs of ~750 steps or more, whatever the gradients say: BENCHMARKS.md.) Gates start N(0, 1) as in the authors'
+    code, so small gates are pruned first.
+
+    ``model`` None means the task family's embedded default, filled in when the run starts (``sora.train.train``).
+    """
+
+    task: str
+    output_dir: str
+    method: str = "sora"
+    model: str | None = None
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: list[str] | None = None
+    label_column: str = "label"
+    r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.0
+    xi: float = 0.5  # SoRA's gate defaults: see the docstring
+    gate_lr: float | None = None
+    gate_update: str = "adamw"
+    threshold: str = "paper"
+    gate_init: float | str = "randn"
+    lr: float | None = None
+    epochs: float = 3.0
+    batch_size: int = 32
+    max_seq_length: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    logging_steps: int = 10
+    report_to: str = "none"
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    torch_compile: bool = False
+    generate_eval: int | None = None  # causal-lm: greedy generations for this many validation prompts
+    target_ratio: float | None = None  # SoRA: a sparsity budget (sora.SparsityBudget) instead of a fixed xi's result
+    target_params: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise SoraError(f"unknown method {self.method!r}; known methods: {', '.join(METHODS)}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
+        for name in ("lr", "epochs", "batch_size", "max_seq_length", "r", "lora_alpha", "logging_steps"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise SoraError(f"{name} must be > 0, got {value!r}")
+        for name in ("eval_steps", "save_steps", "max_train_samples", "max_eval_samples", "gate_lr", "generate_eval"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise SoraError(f"{name} must be > 0, got {value!r}")
+        if not (math.isfinite(self.xi) and self.xi >= 0):
+            raise SoraError(f"xi must be a finite number >= 0, got {self.xi!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise SoraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise SoraError("weight_decay and max_grad_norm must be >= 0")
+        if self.budgeted:
+            if self.method != "sora":
+                raise SoraError(f"--target-ratio / --target-params are for --method sora, not {self.method!r}")
+            SparsityBudget(self.target_ratio, self.target_params)  # checks the values
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether SoRA trains to a sparsity budget (``target_ratio`` or ``target_params``)."""
+        return self.target_ratio is not None or self.target_params is not None
+
+    def hyperparameters(self) -> dict[str, Any]:
+        skip = {"task", "output_dir", "method", "model", "data_dir", "train_file", "validation_file"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
