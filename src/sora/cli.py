@@ -88,6 +88,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate-update", default=d["gate_update"], choices=("adamw", "sgd"))
     p.add_argument("--threshold", default=d["threshold"], choices=("paper", "constant"))
     p.add_argument("--gate-init", type=_float_or_str, default=d["gate_init"], help="a number, or randn")
+    p.add_argument("--gate-seed", type=int, default=None, help="seed of the randn gates alone (default: --seed's)")
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
     p.add_argument("--epochs", type=float, default=d["epochs"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
@@ -167,13 +168,23 @@ def _parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="rewrite a run's adapter for LLM servers")
     export.add_argument("run_dir", help="a run folder (its adapter/) or an adapter folder")
-    export.add_argument(
+    form = export.add_mutually_exclusive_group(required=True)
+    form.add_argument(
         "--uniform-rank",
         action="store_true",
-        required=True,
         help="pad every module with zero ranks to the largest live rank: one r and lora_alpha, no rank_pattern",
     )
-    export.add_argument("--output", default=None, help="default: RUN_DIR/adapter-uniform-rank")
+    form.add_argument(
+        "--gguf",
+        action="store_true",
+        help="a llama.cpp LoRA GGUF (llama-cli --lora): per-module ranks, each module's scale folded into B",
+    )
+    export.add_argument(
+        "--output", default=None, help="default: RUN_DIR/adapter-uniform-rank, or RUN_DIR/adapter.gguf with --gguf"
+    )
+    export.add_argument(
+        "--model", default=None, help="--gguf: the base model folder or hub name (default: the one the adapter names)"
+    )
 
     report = sub.add_parser("report", help="one HTML + Markdown page comparing run folders")
     report.add_argument("run_dirs", nargs="+")
@@ -239,9 +250,16 @@ def _run(argv: list[str]) -> int:
         result = analyze_ranks(args.run_dir)
         print(json.dumps({"layer_sparsity": result["layer_sparsity"]}))
     elif args.command == "export":
-        from .export import uniform_rank
+        if args.gguf:
+            from .gguf import export_gguf
 
-        print(uniform_rank(args.run_dir, args.output))
+            print(export_gguf(args.run_dir, args.output, base_model=args.model))
+        else:
+            from .export import uniform_rank
+
+            if args.model is not None:
+                raise SoraError("--model is for --gguf: --uniform-rank keeps the adapter's base model")
+            print(uniform_rank(args.run_dir, args.output))
     else:
         from .analysis import write_report
 

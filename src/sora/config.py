@@ -37,7 +37,8 @@ class SoraConfig:
     ``target_modules=None`` picks :data:`DEFAULT_TARGET_MODULES` for the model's family (then PEFT's own table).
     ``gate_init`` is ``"randn"`` (default: standard-normal entries, as in the authors' code) or the starting value of
     every gate entry (1.0: the branch starts as plain LoRA). B starts at zero, so either way the model starts as
-    the base model.
+    the base model. ``gate_seed`` draws the ``randn`` gates from a generator of their own, so that two models differ
+    in their gates alone (None: torch's global RNG, as every other initialisation).
     """
 
     r_max: int = 8
@@ -48,6 +49,7 @@ class SoraConfig:
     task_type: str | None = None
     gate_init: float | str = "randn"
     bias: str = "none"
+    gate_seed: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.r_max, bool) or not isinstance(self.r_max, int) or self.r_max <= 0:

@@ -79,12 +79,17 @@ class FoldedLinear(nn.Linear):
         return F.linear(x, self.weight if self.sora_weight is None else self.sora_weight, self.bias)
 
 
-def add_gate(layer: LoraLayer, adapter: str, gate_init: float | str) -> GatedLinear:
+def add_gate(
+    layer: LoraLayer, adapter: str, gate_init: float | str, generator: torch.Generator | None = None
+) -> GatedLinear:
     """Give the LoRA layer's ``adapter`` a gate, in place: ``lora_A`` becomes a :class:`GatedLinear` holding
-    ``sora_gate``, ``lora_B`` a :class:`FoldedLinear`; their weights and state-dict keys stay."""
+    ``sora_gate``, ``lora_B`` a :class:`FoldedLinear`; their weights and state-dict keys stay. ``randn`` gates are
+    drawn from ``generator`` (a CPU generator) if given, else from torch's global RNG."""
     lora_a, lora_b = layer.lora_A[adapter], layer.lora_B[adapter]
     shape, device = (lora_a.out_features,), lora_a.weight.device
-    if gate_init == "randn":  # the authors' code: g ~ N(0, 1)
+    if gate_init == "randn" and generator is not None:
+        gate = torch.randn(shape, generator=generator).to(device)
+    elif gate_init == "randn":  # the authors' code: g ~ N(0, 1)
         gate = torch.randn(shape, device=device)
     else:
         gate = torch.full(shape, float(gate_init), device=device)

@@ -41,8 +41,9 @@ def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
         raise SoraError(
             f"target_modules {lora_config.target_modules!r} do not fit this {model_type or 'model'}: {first}"
         ) from None
+    generator = None if config.gate_seed is None else torch.Generator().manual_seed(config.gate_seed)
     for _, layer, adapter in lora_layers(peft_model):
-        add_gate(layer, adapter, config.gate_init)
+        add_gate(layer, adapter, config.gate_init, generator)
     attach_gate_fold(peft_model, peft_model.get_base_model())
     peft_model.sora_config = config
     return peft_model

@@ -87,6 +87,8 @@ class SoraOptimizer(torch.optim.AdamW):
                 "xi": float(xi),
                 "gate_update": gate_update,
                 "threshold": threshold,
+                # where the gates started: what sora.allocation compares the survivors with (saved, so resume keeps it)
+                "initial_gates": torch.cat([p.detach().reshape(-1) for p in gate_params]).float().cpu().tolist(),
             }
         )
         # foreach: each Adam operation runs over all tensors of a group in one multi-tensor call, not once per

@@ -47,6 +47,7 @@ class TrainConfig:
     gate_update: str = "adamw"
     threshold: str = "paper"
     gate_init: float | str = "randn"
+    gate_seed: int | None = None  # SoRA: the randn gates' own seed (None: the run's --seed stream)
     lr: float | None = None
     epochs: float = 3.0
     batch_size: int = 32

@@ -3,8 +3,9 @@
 ``train`` loads the task through its family (:mod:`sora.tasks`), fine-tunes with one of ``METHODS`` on the Trainer
 (:mod:`sora.trainer`), keeps the best dev checkpoint (as the paper does), exports the final adapter (SoRA pruned to
 a standard LoRA adapter) and writes the run folder (:mod:`sora.run_folder`): ``metrics.json``, ``adapter/``,
-``ranks.json``, ``ranks.png``, ``train_log.jsonl``, ``checkpoints/``. ``evaluate_adapter`` scores an exported adapter
-the same way, on the same examples.
+``ranks.json``, ``ranks.png``, ``train_log.jsonl``, ``checkpoints/``; SoRA also ``gates.safetensors`` (the gate
+vectors at the start and the end, flat, in module order: :mod:`sora.allocation` reads them). ``evaluate_adapter``
+scores an exported adapter the same way, on the same examples.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import transformers
+from safetensors.torch import save_file
 
 from . import _io
+from .allocation import gate_vectors, init_overlap
 from .budget import BudgetCallback, budget_target
 from .errors import SoraError
 from .prune import prune
@@ -36,6 +39,7 @@ from .run_folder import (
 from .tasks import EvalOptions, task_family
 from .trainer import SoraTrainer, StepHooks, adapter_ranks, build, max_rank, nonzero_params, training_args
 
+GATES_FILE = "gates.safetensors"
 __all__ = ["DEFAULT_LR", "METHODS", "TrainConfig", "evaluate_adapter", "summary_line", "train", "with_default_model"]
 
 
@@ -94,6 +98,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     model = trainer.model
     target = budget_target(optimizer)
     ranks = adapter_ranks(model)
+    gates = gate_vectors(model, optimizer)
+    if gates is not None and main:
+        initial, final = gates
+        _io.atomic_write(out / GATES_FILE, lambda tmp: save_file({"initial": initial, "final": final}, tmp))
     if cfg.method == "sora":
         model = prune(model)
     nonzero = nonzero_params(model, cfg.method)
@@ -121,6 +129,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         "head_params": head_params,
         "baseline": family.baseline(data.spec, train_set["labels"], dev[main_split]["labels"], main_split),
         "ranks": ranks,
+        "allocation": None if gates is None else init_overlap(*gates),
         "train_samples": len(train_set),
         "best_checkpoint": trainer.state.best_model_checkpoint,
     }
@@ -144,6 +153,9 @@ def summary_line(metrics: dict[str, Any]) -> str:
     if metrics["method"] == "sora":
         live, total = sum(metrics["ranks"].values()), metrics["hyperparameters"]["r"] * len(metrics["ranks"])
         line += f"; {live}/{total} ranks live, {total - live} pruned"
+        if metrics.get("allocation"):
+            overlap, chance = metrics["allocation"]["overlap"], metrics["allocation"]["chance"]
+            line += f" ({100 * overlap:.0f}% among the largest initial gates, chance {100 * chance:.0f}%)"
     return line + f"; adapter {metrics['nonzero_params']:,} parameters, head {metrics['head_params']:,}"
 
 

@@ -37,7 +37,9 @@ def build(
         "modules_to_save": heads,
     }
     if cfg.method == "sora":
-        sora_config = SoraConfig(r_max=cfg.r, target_modules=targets, gate_init=cfg.gate_init, **common)
+        sora_config = SoraConfig(
+            r_max=cfg.r, target_modules=targets, gate_init=cfg.gate_init, gate_seed=cfg.gate_seed, **common
+        )
         model = get_sora_model(model, sora_config)
         optimizer = SoraOptimizer(
             model,
