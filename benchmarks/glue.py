@@ -23,6 +23,8 @@ Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them i
 - ``epochs``: longer runs of a method that stays below a bar (``EPOCH_RUNS``);
 - ``defaults``: the Defaults table, ``sora train`` with task and data flags only (``DEFAULTS_SAMPLES``);
 - ``equal``: the Equal-budget table, SoRA at a sparsity budget against LoRA and AdaLoRA of that size (``EQUAL_BUDGET``).
+- ``allocation``: who chooses the surviving ranks, the gates' initialisation or the data (``ALLOCATION``): SoRA
+  variants at a budget, each with two gate seeds and the same data order, on ``ALLOCATION_TASK``.
 
 ``--stop-at HH:MM`` (UTC) launches no new run after that time. ``benchmarks/build_report.py`` turns the results into
 ``BENCHMARKS.md``.
@@ -151,13 +153,26 @@ HEAD_RERUNS = (
     ("stsb", "lora", 1), ("stsb", "lora", 2), ("stsb", "sora-default", 1), ("stsb", "sora-default", 2),
     ("mrpc", "lora", 1), ("cola", "lora", 0), ("cola", "lora", 2), ("cola", "sora-default", 2),
 )  # fmt: skip
+# The allocation study (issue: ranks follow the initialisation): SST-2, 300 steps at batch 32, a 50% budget; every
+# variant twice, with gate seeds 1 and 2 and the same data (seed 0). sora.allocation's two numbers: the survivors'
+# share among the largest initial |g| (near chance: the initialisation did not choose) and the survivors two gate
+# seeds share (above chance: the data chose). (label, settings)
+ALLOCATION_TASK = "sst2"
+ALLOCATION_COMMON = {"max_train_samples": 4800, "epochs": 2.0, "batch_size": 32, "target_ratio": 0.5}
+ALLOCATION = (
+    ("sora-randn", {}),
+    ("sora-const", {"gate_init": 1.0}),
+    ("sora-randn-gatelr", {"gate_lr": 1e-2}),
+    ("sora-const-gatelr", {"gate_init": 1.0, "gate_lr": 1e-2}),
+)
+ALLOCATION_GATE_SEEDS = (1, 2)
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried
-FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults", "equal")
+FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults", "equal", "allocation")
 
 
 EXPERIMENTS = (
     "xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "head", "lrsearch", "epochs", "defaults",
-    "equal", "all",
+    "equal", "allocation", "all",
 )  # fmt: skip
 
 
@@ -372,6 +387,7 @@ class Runner:
                 "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                 "machine": machine(),
                 "loss_log": _loss_log(out / "train_log.jsonl"),
+                "survivors": _survivors(out / "gates.safetensors"),
                 **(extra or {}),
             }
             _io.write_json(result_path(experiment, name), result)
@@ -501,6 +517,18 @@ class Runner:
         """The Equal-budget table: ``EQUAL_BUDGET`` at the Defaults recipe otherwise."""
         runs = [(label, r, {"target_ratio": ratio} if ratio else {}) for label, r, ratio in EQUAL_BUDGET]
         return self._at_defaults("equal", runs, seeds, tasks)
+
+    def allocation(self) -> bool:
+        """``ALLOCATION``: each variant with every gate seed, seed 0 otherwise (the same data and order)."""
+        complete = True
+        for label, settings in ALLOCATION:
+            for gate_seed in ALLOCATION_GATE_SEEDS:
+                got = self.run(
+                    "allocation", ALLOCATION_TASK, label, 0, trial=f"gateseed{gate_seed}", common={},
+                    **ALLOCATION_COMMON, **settings, gate_seed=gate_seed,
+                )  # fmt: skip
+                complete &= got is not None
+        return complete
 
     def _at_defaults(self, experiment: str, runs: list, seeds: list[int], tasks: list[str] | None) -> bool:
         """``runs`` ((label, rank, settings)) on every task and seed, at `sora train`'s defaults otherwise; every
@@ -635,6 +663,15 @@ def _loss_log(path: Path) -> list[list[float]]:
     """[step, loss, gradient norm] of each logged training step of a run's train_log.jsonl."""
     return [[row["step"], round(row["loss"], 4), round(row.get("grad_norm", float("nan")), 4)]
             for row in _log_rows(path) if "loss" in row]  # fmt: skip
+
+
+def _survivors(path: Path) -> list[int] | None:
+    """The indices of the live gate entries at the end of a SoRA run (its gates.safetensors), else None."""
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return [int(i) for i in load_file(str(path))["final"].nonzero().reshape(-1)]
 
 
 def _alive(pid: int) -> bool:

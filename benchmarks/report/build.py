@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .load import ROOT, read
 from .sections import (
+    allocation,
     claims,
     commands,
     defaults,
@@ -49,6 +50,7 @@ SECTIONS = (
     table4,
     figure3,
     figure4,
+    allocation,
     tried,
     lrsearch,
     overhead,
@@ -62,4 +64,4 @@ def build(output: Path = OUTPUT) -> str:
     """BENCHMARKS.md's text, its links relative to ``output``'s folder (the rank heatmaps are drawn on the way)."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     res = read(output.resolve().parent)
-    return "\n".join([*HEADER, *(section.render(res) for section in SECTIONS)]).rstrip() + "\n"
+    return "\n".join([*HEADER, *(text for section in SECTIONS if (text := section.render(res)))]).rstrip() + "\n"

@@ -114,6 +114,7 @@ class Results:
     long: Runs  # long, the (method, seed) pairs that finished every task
     defaults: Runs
     gpu_defaults: Runs
+    allocation: Runs
     machines: collections.Counter[Machine]
 
 
@@ -141,5 +142,6 @@ def read(out_dir: Path) -> Results:
         long=complete_seeds(long_all),
         defaults=load("defaults"),
         gpu_defaults=load("defaults", root=GLUE_GPU),
+        allocation=load("allocation"),
         machines=machines(),
     )
