@@ -164,6 +164,8 @@ ALLOCATION = (
     ("sora-const", {"gate_init": 1.0}),
     ("sora-randn-gatelr", {"gate_lr": 1e-2}),
     ("sora-const-gatelr", {"gate_init": 1.0, "gate_lr": 1e-2}),
+    ("sora-randn-contribution", {"budget_score": "contribution"}),
+    ("sora-const-contribution", {"gate_init": 1.0, "budget_score": "contribution"}),
 )
 ALLOCATION_GATE_SEEDS = (1, 2)
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried

@@ -249,3 +249,37 @@ def test_cli_budget_errors_are_one_line_and_write_nothing(argv, message, tmp_pat
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("sora: error:") and message in errors[0], errors
     assert not out.exists()
+
+
+def test_a_contribution_budget_prunes_by_g_times_the_norms_of_b_and_a():
+    """score="contribution": the top-up keeps the ranks of largest |g_i|·‖B_i‖·‖A_i‖ and leaves their gates as they
+    are; a rank whose B column is zero dies first however large its gate."""
+    model = _sora_model()
+    with torch.no_grad():
+        for _, layer, adapter in sora.layer.lora_layers(model):
+            layer.lora_B[adapter].weight.normal_()
+    optimizer = sora.SoraOptimizer(model, lr=1e-2)
+    first = sora.layer.lora_layers(model)
+    _, layer, adapter = next(iter(first))
+    with torch.no_grad():
+        layer.lora_A[adapter].sora_gate[0] = 100.0  # the largest gate of all ...
+        layer.lora_B[adapter].weight[:, 0] = 0.0  # ... on a rank that contributes nothing
+    before = {id(g): g.detach().clone() for g in gates(model)}
+    target = sora.SparsityBudget(target_ratio=0.5, warmup=0.0, end=0.01, score="contribution").attach(
+        model, optimizer, 10
+    )
+    with pytest.raises(sora.SoraError, match="budget_step\\(optimizer, model\\)"):
+        sora.budget_step(optimizer)
+    sora.budget_step(optimizer, model)
+    assert sora.count_parameters(model)["nonzero"] <= target
+    assert layer.lora_A[adapter].sora_gate[0] == 0.0
+    for g in gates(model):  # survivors keep their values: a hard cut, not a soft threshold
+        alive = g != 0
+        assert torch.equal(g[alive], before[id(g)][alive])
+
+
+def test_budget_score_needs_a_budget(tmp_path):
+    with pytest.raises(sora.SoraError, match="--budget-score .* needs --target-ratio"):
+        sora.train.TrainConfig(task="rte", output_dir=str(tmp_path), budget_score="contribution")
+    with pytest.raises(sora.SoraError, match="score must be one of gate, contribution"):
+        sora.SparsityBudget(target_ratio=0.5, score="norm")

@@ -27,6 +27,11 @@ as a number of non-zero adapter parameters (``target_params``: what the pruned L
 In short runs the gates move little from their N(0, 1) start (about lr per step), so the start weighs on which ranks
 survive; ``SoraConfig(gate_init=1.0)`` leaves the choice to the gradients alone.
 
+``score="contribution"`` ranks the top-up by each rank's contribution ``|g_i|·‖B[:, i]‖·‖A[i, :]‖`` instead of
+``|g_i|`` (``g_i B[:, i] A[i, :]`` is unchanged when ``g_i`` shrinks and B's column grows, so ``|g_i|`` alone
+measures a rank's weight only partly) and zeroes the gates of the ranks that do not fit, leaving the others as they
+are. That step reads A and B, so :func:`budget_step` then needs the model.
+
 The controller's state (target, plan, step count, the last tau, the parameters of each gate entry's rank) lives in
 the optimizer's gate param group: a step needs nothing else (no walk of the model), ``optimizer.state_dict()`` (the
 Trainer's checkpoints, :func:`sora.save_sora`) saves it and ``load_state_dict`` restores it: a resumed run is
@@ -44,7 +49,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .errors import SoraError
-from .layer import gate_parameters, soft_threshold
+from .layer import GatedLinear, gate_parameters, lora_layers, soft_threshold
 from .model import live_params, rank_sizes
 from .optim import SoraOptimizer, as_sora_optimizer
 
@@ -52,6 +57,7 @@ HOLD_XI = 0.5  # the controller's first xi: sora train's default (BENCHMARKS.md)
 XI_RANGE = (1e-4, 1.0)  # xi >= 1: no gate holds against the threshold; near 0 every zero gate revives
 MARGIN = 0.1  # the controller aims the count the proximal step leaves at 1.1 x the plan; the top-up cuts the rest
 GAIN = 1.0  # xi is multiplied by exp(GAIN * relative error of that count) after every step
+SCORES = ("gate", "contribution")  # what the top-up ranks by: |g_i|, or |g_i|·‖B[:, i]‖·‖A[i, :]‖
 
 
 class SparsityBudget:
@@ -76,6 +82,7 @@ class SparsityBudget:
         target_params: int | None = None,
         warmup: float = 0.1,
         end: float = 0.75,
+        score: str = "gate",
     ) -> None:
         if (target_ratio is None) == (target_params is None):
             raise SoraError("a sparsity budget takes exactly one of target_ratio and target_params")
@@ -86,7 +93,10 @@ class SparsityBudget:
             raise SoraError(f"target_params must be a whole number >= 1, got {target_params!r}")
         if not (_is_number(warmup) and _is_number(end) and 0 <= warmup < end <= 1):
             raise SoraError(f"a budget's ramp needs 0 <= warmup < end <= 1, got warmup={warmup!r}, end={end!r}")
+        if score not in SCORES:
+            raise SoraError(f"a budget's score must be one of {', '.join(SCORES)}, got {score!r}")
         self.target_ratio, self.target_params = target_ratio, target_params
+        self.score = score
         self.warmup, self.end = float(warmup), float(end)
 
     def resolve(self, model: nn.Module) -> int:
@@ -127,6 +137,7 @@ class SparsityBudget:
             budget_tau=0.0,
             budget_xi=HOLD_XI,
             budget_sizes=sizes.tolist(),
+            budget_score=self.score,
         )
         optimizer.set_xi(0.0)
         return target
@@ -174,21 +185,39 @@ def keep_threshold(values: torch.Tensor, sizes: torch.Tensor, budget: int) -> fl
     return float(tau)
 
 
+def _contributions(model: nn.Module, flat: torch.Tensor) -> torch.Tensor:
+    """``|g_i|·‖B[:, i]‖·‖A[i, :]‖`` of every gate entry (``flat``: the gates, in module order)."""
+    norms = [
+        (lora_a.weight.norm(dim=1) * layer.lora_B[adapter].weight.norm(dim=0)).float().cpu()
+        for _, layer, adapter in lora_layers(model)
+        if isinstance(lora_a := layer.lora_A[adapter], GatedLinear)
+    ]
+    return flat.abs() * torch.cat(norms)
+
+
 @torch.no_grad()
-def budget_step(optimizer: SoraOptimizer) -> None:
+def budget_step(optimizer: SoraOptimizer, model: nn.Module | None = None) -> None:
     """Advance the budget in ``optimizer`` by one optimizer step: threshold the gates down to the plan and set ``xi``
-    for the next step (see the module docstring). Call it after ``optimizer.step()`` and the LR scheduler's step.
-    Does nothing when no budget is attached."""
+    for the next step (see the module docstring). Call it after ``optimizer.step()`` and the LR scheduler's step;
+    a ``score="contribution"`` budget needs ``model``. Does nothing when no budget is attached."""
     group = optimizer.gate_group
     if "budget_target" not in group:
         return
+    by_contribution = group.get("budget_score", "gate") == "contribution"
+    if by_contribution and model is None:
+        raise SoraError("a budget with score='contribution' reads A and B: call budget_step(optimizer, model)")
     group["budget_step"] += 1
     step, total = group["budget_step"], group["budget_total_steps"]
     gate_list, sizes = group["params"], torch.tensor(group["budget_sizes"])
     flat = _flat(gate_list)
     plan, natural = planned_params(group, step), live_params(flat, sizes)
-    tau = keep_threshold(flat, sizes, plan) if natural > plan else 0.0
-    if tau > 0:
+    scores = _contributions(model, flat) if by_contribution else flat
+    tau = keep_threshold(scores, sizes, plan) if natural > plan else 0.0
+    if tau > 0 and by_contribution:  # the ranks that do not fit die; the others keep their gates
+        dead = iter(torch.split(scores.abs() <= tau, [g.numel() for g in gate_list]))
+        for gate in gate_list:
+            gate.masked_fill_(next(dead).reshape(gate.shape).to(gate.device), 0.0)
+    elif tau > 0:
         for gate in gate_list:
             gate.copy_(soft_threshold(gate, tau))
     group["budget_tau"] = tau
@@ -227,4 +256,4 @@ class BudgetCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         optimizer = as_sora_optimizer(kwargs.get("optimizer"))
         if optimizer is not None:
-            budget_step(optimizer)
+            budget_step(optimizer, kwargs.get("model"))

@@ -69,6 +69,7 @@ class TrainConfig:
     generate_eval: int | None = None  # causal-lm: greedy generations for this many validation prompts
     target_ratio: float | None = None  # SoRA: a sparsity budget (sora.SparsityBudget) instead of a fixed xi's result
     target_params: int | None = None
+    budget_score: str = "gate"  # SoRA budget: what its top-up ranks by (sora.budget.SCORES)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -92,7 +93,9 @@ class TrainConfig:
         if self.budgeted:
             if self.method != "sora":
                 raise SoraError(f"--target-ratio / --target-params are for --method sora, not {self.method!r}")
-            SparsityBudget(self.target_ratio, self.target_params)  # checks the values
+            SparsityBudget(self.target_ratio, self.target_params, score=self.budget_score)  # checks the values
+        elif self.budget_score != "gate":
+            raise SoraError("--budget-score ranks a budget's top-up: it needs --target-ratio or --target-params")
 
     @property
     def budgeted(self) -> bool:

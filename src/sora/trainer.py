@@ -51,7 +51,8 @@ def build(
             threshold=cfg.threshold,
         )
         if cfg.budgeted:
-            SparsityBudget(cfg.target_ratio, cfg.target_params).attach(model, optimizer, total_steps)
+            budget = SparsityBudget(cfg.target_ratio, cfg.target_params, score=cfg.budget_score)
+            budget.attach(model, optimizer, total_steps)
         return model, optimizer
     if cfg.method == "lora":
         with quiet_peft():

@@ -20,6 +20,8 @@ LABELS = {
     "sora-const": "constant gates 1.0",
     "sora-randn-gatelr": "N(0, 1) gates, gate lr 1e-2",
     "sora-const-gatelr": "constant gates 1.0, gate lr 1e-2",
+    "sora-randn-contribution": "N(0, 1) gates, top-up by |g|·|B|·|A|",
+    "sora-const-contribution": "constant gates 1.0, top-up by |g|·|B|·|A|",
 }
 
 
