@@ -135,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument(
         "--target-params", type=int, default=None, help="SoRA: keep this many non-zero adapter parameters (steers xi)"
     )
+    train.add_argument(
+        "--budget-score",
+        default="gate",
+        choices=("gate", "contribution"),
+        help="what a budget's top-up ranks the ranks by: |g_i|, or |g_i|·|B_i|·|A_i|",
+    )
 
     ev = sub.add_parser("eval", help="score an exported adapter on its task's dev set")
     ev.add_argument("--adapter", required=True)
