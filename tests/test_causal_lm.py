@@ -198,13 +198,6 @@ def test_the_sparsifying_scheduler_refuses_causal_lm(tmp_path, capsys):
     assert err == "sora: error: the sparsifying scheduler runs classification tasks, not 'causal-lm'\n"
 
 
-def test_causal_lm_needs_a_model(tmp_path, data_files, capsys):
-    args = _train_args("x", data_files, tmp_path / "run")
-    del args[args.index("--model") : args.index("--model") + 2]
-    assert main(args) == 2
-    assert capsys.readouterr().err.startswith("sora: error: task causal-lm needs --model")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # training runs
 

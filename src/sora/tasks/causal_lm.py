@@ -12,6 +12,8 @@ batched with dynamic padding, grouped by length (the shared loop's sampler). Sco
 (``loss``) and ``perplexity = exp(loss)`` on the validation file, with the same masking; with ``generate_eval`` also
 greedy generations for the first N validation prompts and their ``exact_match`` against the reference completion.
 This module holds the family's data reading, masking, collator and metrics; the training loop is ``sora.train``.
+The default model is the embedded SmolLM2-135M-Instruct, and ``--model`` also takes a ``.gguf`` file: both are
+converted once into a cached safetensors folder (:mod:`sora.tasks.gguf_cache`), which the adapter names as its base.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..data import records, subsample
 from ..errors import SoraError, first_line
 from ..run_config import TrainConfig
 from ..run_folder import is_main_process, load_exported, saved_task
+from . import gguf_cache
 from .base import EvalOptions, LoadedTask, TaskFamily, load_tokenizer
 
 TASK = "causal-lm"
@@ -203,9 +206,10 @@ def collator(tokenizer: Any) -> DataCollatorForSeq2Seq:
 
 
 def load_model(name: str, tokenizer: Any) -> torch.nn.Module:
-    """A pretrained decoder with an LM head (a local folder or a hub name), from safetensors weights only."""
+    """A pretrained decoder with an LM head (a local folder, a hub name, or a ``.gguf`` file: its cached conversion,
+    see :mod:`sora.tasks.gguf_cache`), from safetensors weights only."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(gguf_cache.resolve(name), use_safetensors=True)
     except (OSError, ValueError, KeyError) as e:
         raise SoraError(f"cannot load model {name!r}: {first_line(e)}") from None
     if model.config.pad_token_id is None:
@@ -214,7 +218,7 @@ def load_model(name: str, tokenizer: Any) -> torch.nn.Module:
 
 
 def _causal_tokenizer(name: str) -> Any:
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(gguf_cache.resolve(name))
     tokenizer.padding_side = "right"  # positions count from the first token; labels pad on the same side
     return tokenizer
 
@@ -227,7 +231,8 @@ def load(cfg: TrainConfig) -> LoadedTask:
         raise SoraError(f"--data-dir and --text-columns are for classification tasks, not {TASK}")
     if cfg.train_file is None or cfg.validation_file is None:
         raise SoraError(f"task {TASK} needs --train-file and --validation-file (JSONL or CSV)")
-    tokenizer = _causal_tokenizer(cfg.model)
+    name = gguf_cache.resolve(cfg.model)  # a .gguf file: its converted folder, which the adapter names as its base
+    tokenizer = _causal_tokenizer(name)
     train_examples = read_examples(cfg.train_file, tokenizer, cfg.max_seq_length)
     dev_examples = read_examples(cfg.validation_file, tokenizer, cfg.max_seq_length)
     prompts = [e for e in dev_examples if e.prompt_length is not None]
@@ -242,11 +247,7 @@ def load(cfg: TrainConfig) -> LoadedTask:
     )
     train_set = subsample(data.splits["train"], cfg.max_train_samples, cfg.seed)
     dev = {"validation": subsample(data.splits["validation"], cfg.max_eval_samples, cfg.seed)}
-    return LoadedTask(data, tokenizer, train_set, dev, load_model(cfg.model, tokenizer))
-
-
-def _no_default_model() -> str:
-    raise SoraError(f"task {TASK} needs --model (a decoder folder or hub name): no decoder model is embedded")
+    return LoadedTask(data, tokenizer, train_set, dev, load_model(name, tokenizer))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
 
 FAMILY = TaskFamily(
     task_type="CAUSAL_LM",
-    default_model=_no_default_model,
+    default_model=gguf_cache.default_model,  # the embedded SmolLM2-135M-Instruct
     load=load,
     heads=lambda model: [],  # the LM head stays frozen: LLM servers load LoRA tensors only, no modules_to_save
     baseline=unigram_baseline,
