@@ -108,6 +108,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-compile", action="store_true", help="compile the model with torch.compile")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
     p.add_argument(
+        "--fsdp", action="store_true", help="shard the parameters over the processes (FSDP2; torchrun or accelerate)"
+    )
+    p.add_argument(
         "--generate-eval", type=int, default=None, help="causal-lm: greedy generations for N validation prompts"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")

@@ -19,6 +19,7 @@ from ._io import atomic_write
 from .config import SoraConfig
 from .errors import SoraError
 from .layer import GATE_NAME, GatedLinear, add_gate, attach_gate_fold, gate_parameters, lora_layers
+from .sharding import full
 
 WEIGHTS_NAME = "sora_model.safetensors"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -69,7 +70,8 @@ def gate_ranks(model: nn.Module) -> dict[str, int]:
 
 
 def _rank(lora_a: nn.Linear) -> int:
-    return int(torch.count_nonzero(lora_a.sora_gate)) if isinstance(lora_a, GatedLinear) else lora_a.out_features
+    # a sharded gate (FSDP) is gathered first: counted on a shard, it would give that shard's count
+    return int(torch.count_nonzero(full(lora_a.sora_gate))) if isinstance(lora_a, GatedLinear) else lora_a.out_features
 
 
 def rank_sizes(model: nn.Module) -> torch.Tensor:
@@ -103,7 +105,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         lora_a, lora_b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
         adapter += sum(p.numel() for p in (*lora_a.parameters(), *lora_b.parameters()))
         if isinstance(lora_a, GatedLinear):
-            gate_values.append(lora_a.sora_gate.detach().reshape(-1).cpu())
+            gate_values.append(full(lora_a.sora_gate.detach()).reshape(-1).cpu())
         else:
             nonzero += lora_a.out_features * (lora_a.in_features + lora_b.out_features)
     if gate_values:

@@ -66,6 +66,7 @@ class TrainConfig:
     fp16: bool = False
     gradient_checkpointing: bool = False
     torch_compile: bool = False
+    fsdp: bool = False  # shard the parameters over the processes (FSDP2; sora.sharding)
     generate_eval: int | None = None  # causal-lm: greedy generations for this many validation prompts
     target_ratio: float | None = None  # SoRA: a sparsity budget (sora.SparsityBudget) instead of a fixed xi's result
     target_params: int | None = None
@@ -103,5 +104,5 @@ class TrainConfig:
         return self.target_ratio is not None or self.target_params is not None
 
     def hyperparameters(self) -> dict[str, Any]:
-        skip = {"task", "output_dir", "method", "model", "data_dir", "train_file", "validation_file"}
+        skip = {"task", "output_dir", "method", "model", "data_dir", "train_file", "validation_file", "fsdp"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}

@@ -46,6 +46,7 @@ from .optim import SoraOptimizer
 from .prune import prune
 from .run_config import TrainConfig
 from .run_folder import RUN_MARKER, eval_batch_size, export, prepare_output
+from .sharding import fsdp_launched
 from .tasks import classification, task_family
 from .train import with_default_model
 from .trainer import SoraTrainer, StepHooks, build, training_args
@@ -131,6 +132,8 @@ def run_schedule(
     """
     if cfg.method != "sora":
         raise SoraError(f"the sparsifying scheduler trains SoRA, not method {cfg.method!r}")
+    if cfg.fsdp or fsdp_launched():
+        raise SoraError("the sparsifying scheduler runs in one process only: FSDP (--fsdp) is for sora train")
     if task_family(cfg.task) is not classification.FAMILY:
         raise SoraError(f"the sparsifying scheduler runs classification tasks, not {cfg.task!r}")
     cfg = with_default_model(cfg)

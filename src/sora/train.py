@@ -36,6 +36,7 @@ from .run_folder import (
     prepare_output,
     saved_task,
 )
+from .sharding import check_fsdp, unshard_adapter
 from .tasks import EvalOptions, task_family
 from .trainer import SoraTrainer, StepHooks, adapter_ranks, build, max_rank, nonzero_params, training_args
 
@@ -51,11 +52,13 @@ def with_default_model(cfg: TrainConfig) -> TrainConfig:
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run ``cfg`` end to end and return what ``metrics.json`` holds.
 
-    Under torchrun / ``accelerate launch`` every process trains (DDP) and scores; only global rank 0 checks and
-    writes the run folder.
+    Under torchrun / ``accelerate launch`` every process trains (DDP, or FSDP2 with sharded parameters) and scores;
+    only global rank 0 checks and writes the run folder. Under FSDP the adapter is gathered whole for the ranks, the
+    checkpoints and the export, so the run folder is a one-process run's.
     """
     family = task_family(cfg.task)
     cfg = with_default_model(cfg)
+    sharded = check_fsdp(cfg.method, cfg.fsdp)
     main = is_main_process()
     out = prepare_output(cfg, resume) if main else Path(cfg.output_dir)
     transformers.set_seed(cfg.seed)
@@ -65,7 +68,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # the per-device batch is cfg.batch_size
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world_size))
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
-    model, optimizer = build(cfg, model, family, total_steps)
+    model, optimizer = build(cfg, model, family, total_steps, gate_bank=not sharded)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     if main:
@@ -85,6 +88,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         optimizers=(optimizer, None),
         callbacks=[hooks, BudgetCallback()],
     )
+    if sharded:
+        trainer.shard()
     last = last_complete_checkpoint(checkpoints, remove_incomplete=main) if resume else None
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
@@ -96,6 +101,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     eval_final = _strip_eval(eval_rows[-1]) if eval_rows else {}
 
     model = trainer.model
+    if sharded:
+        unshard_adapter(model)  # every process: collectives
     target = budget_target(optimizer)
     ranks = adapter_ranks(model)
     gates = gate_vectors(model, optimizer)

@@ -4,6 +4,7 @@ with SoRA's numbers in its logs (``SoraTrainer``), the step hooks and the Traine
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,19 +16,28 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .budget import SparsityBudget, budget_log
 from .config import SoraConfig
 from .errors import SoraError
-from .layer import gate_parameters
-from .model import count_parameters, gate_ranks, get_sora_model, quiet_peft
+from .layer import detach_gate_fold, gate_parameters
+from .model import count_parameters, gate_ranks, get_sora_model, load_safetensors, quiet_peft
 from .optim import SoraOptimizer, as_sora_optimizer
 from .run_config import TrainConfig
 from .run_folder import eval_batch_size, last_checkpoint_text
+from .sharding import (
+    any_everywhere,
+    gathered_optimizer_state,
+    gathered_state,
+    local,
+    shard_model,
+    shard_optimizer_state,
+)
 from .tasks.base import TaskFamily
 
 
 def build(
-    cfg: TrainConfig, model: torch.nn.Module, family: TaskFamily, total_steps: int
+    cfg: TrainConfig, model: torch.nn.Module, family: TaskFamily, total_steps: int, gate_bank: bool = True
 ) -> tuple[torch.nn.Module, Any]:
     """Wrap ``model`` for ``cfg.method`` (``family`` names its heads and PEFT task type); returns the model and its
-    optimizer (None: the Trainer's AdamW)."""
+    optimizer (None: the Trainer's AdamW). ``gate_bank=False`` keeps a gate parameter per module (no
+    :class:`sora.layer.GateFold`), which sharding (FSDP) needs: each gate is sharded with its layer."""
     targets = SoraConfig(r_max=cfg.r).resolve_target_modules(model.config.model_type)
     heads = family.heads(model)
     common = {
@@ -41,6 +51,8 @@ def build(
             r_max=cfg.r, target_modules=targets, gate_init=cfg.gate_init, gate_seed=cfg.gate_seed, **common
         )
         model = get_sora_model(model, sora_config)
+        if not gate_bank:
+            detach_gate_fold(model.get_base_model())
         optimizer = SoraOptimizer(
             model,
             lr=cfg.lr,
@@ -112,7 +124,62 @@ def nonzero_params(model: torch.nn.Module, method: str) -> int:
 
 
 class SoraTrainer(Trainer):
-    """The Trainer with SoRA's numbers in every log line and a stop on a non-finite loss."""
+    """The Trainer with SoRA's numbers in every log line and a stop on a non-finite loss.
+
+    :meth:`shard` shards the model's parameters (FSDP2, :mod:`sora.sharding`). Its checkpoints then hold what a
+    one-process run's hold, gathered on rank 0: the adapter (``adapter_model.safetensors``) and the whole optimizer
+    state (``optimizer.pt``), read back into the shards on resume.
+    """
+
+    sharded: bool = False
+
+    def shard(self) -> None:
+        """Shard the model over the processes (FSDP2) and switch the optimizer to the shards; the Trainer then takes
+        the model as sharded at load time (no DDP wrapper, no second sharding)."""
+        shard_model(self.model, self.optimizer)
+        self.is_distributed_loading_by_transformers = True
+        self.sharded = True
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not self.sharded:
+            return super().save_model(output_dir, _internal_call)
+        state = gathered_state(self.model)  # every process: collectives
+        if self.args.should_save:
+            self._save(output_dir or self.args.output_dir, state_dict=state)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.sharded:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        state = gathered_optimizer_state(self.optimizer)  # every process: collectives
+        if self.args.should_save:
+            torch.save(state, os.path.join(output_dir, "optimizer.pt"))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, "scheduler.pt"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        if not self.sharded:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_sharded_adapter(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        if not self.sharded:
+            return super()._load_best_model()
+        self._load_sharded_adapter(self.state.best_model_checkpoint)
+
+    def _load_sharded_adapter(self, checkpoint: str) -> None:
+        """Every process reads the whole adapter of ``checkpoint`` and copies its shard of each tensor in."""
+        from peft.utils import set_peft_model_state_dict
+        from torch.distributed.tensor.experimental import implicit_replication
+
+        weights = load_safetensors(Path(checkpoint) / "adapter_model.safetensors")
+        with torch.no_grad(), implicit_replication():
+            set_peft_model_state_dict(self.model, weights, adapter_name=self.model.active_adapter)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self.sharded or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        state = torch.load(os.path.join(checkpoint, "optimizer.pt"), map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(shard_optimizer_state(self.optimizer, state))
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         optimizer = as_sora_optimizer(self.optimizer)
@@ -149,8 +216,9 @@ class StepHooks(TrainerCallback):
         if self.method == "adalora":  # needs the gradients, which zero_grad clears right after this
             self.model.base_model.update_and_allocate(state.global_step)
         elif self.method == "sora":
-            values = torch.cat([g.detach().reshape(-1) for g in gate_parameters(self.model)])
-            if not torch.isfinite(values).all():
+            params = gate_parameters(self.model)
+            values = torch.cat([local(g).detach().reshape(-1) for g in params])
+            if any_everywhere(not bool(torch.isfinite(values).all()), params):
                 raise SoraError(
                     f"a SoRA gate became NaN/Inf at step {state.global_step + 1}: training stopped; "
                     f"{last_checkpoint_text(args.output_dir)}"

@@ -1,0 +1,191 @@
+"""Sharded parameters (FSDP2): what ``sora train --fsdp`` needs of a model whose parameters are DTensor shards.
+
+:func:`shard_model` applies torch's FSDP2 (``torch.distributed.fsdp.fully_shard``) itself, to every transformer block
+and then the whole model, on CPU (gloo) as on GPUs: accelerate's FSDP plugin shards only on accelerators (on CPU it
+falls back to DDP), and the Trainer accepts a model that arrives sharded (``is_distributed_loading_by_transformers``:
+it neither wraps it in DDP nor shards it again). Every parameter is then a ``DTensor`` holding a slice of its rows on
+each process. The gates are per-module parameters there (the gate bank, :class:`sora.layer.GateFold`, steps aside:
+:func:`sora.trainer.build`), so each gate is sharded with its block, and the proximal step is elementwise: it runs on
+the shards as is. What reads whole tensors gathers them here: the live-rank counts of the log rows, the NaN check of
+every step, the checkpoints (written in the one-process format: ``adapter_model.safetensors`` and a whole
+``optimizer.pt``, on rank 0) and the export at the end (:func:`unshard_adapter`). Every function that gathers is a
+collective: every process must call it, in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SoraError
+
+FSDP_METHODS = ("sora", "lora")  # the adapters a sharded run trains and exports (PEFT models)
+
+
+def _dtensor() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed support
+        return None
+    return DTensor
+
+
+def is_sharded(tensor: Any) -> bool:
+    """Whether ``tensor`` is a DTensor (a shard of a tensor spread over the processes)."""
+    dtensor = _dtensor()
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: ``tensor`` itself, or the gathered DTensor (a collective) as a plain tensor."""
+    if not is_sharded(tensor):
+        return tensor
+    from torch.distributed._functional_collectives import AsyncCollectiveTensor
+
+    value = tensor.full_tensor()
+    # the gather may still be in flight: its storage is not the tensor's until waited on (reading it crashes)
+    return value.wait() if isinstance(value, AsyncCollectiveTensor) else value
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of ``tensor``: its shard of a DTensor, else the tensor itself."""
+    return tensor.to_local() if is_sharded(tensor) else tensor
+
+
+def any_everywhere(flag: bool, like: list[torch.Tensor]) -> bool:
+    """``flag`` or'ed over the processes where ``like`` holds DTensors (one all-reduce), else ``flag`` itself."""
+    if not any(is_sharded(t) for t in like):
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def fsdp_launched() -> bool:
+    """Whether ``accelerate launch --use_fsdp`` (or an accelerate config with FSDP) started this process."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
+
+def check_fsdp(method: str, fsdp_flag: bool) -> bool:
+    """Whether this run shards its parameters (``--fsdp``); a setting it cannot run is a one-line :class:`SoraError`."""
+    if fsdp_launched():
+        raise SoraError(
+            "sora train shards with its own --fsdp: launch with torchrun or accelerate launch --multi_gpu, "
+            "not accelerate's --use_fsdp"
+        )
+    if not fsdp_flag:
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise SoraError("--fsdp shards the parameters over several processes: launch with torchrun or accelerate")
+    if method not in FSDP_METHODS:
+        raise SoraError(f"--fsdp trains --method {' or '.join(FSDP_METHODS)}, not {method!r}")
+    return True
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of ``model``: the modules of the classes its ``_no_split_modules`` names, else the
+    entries of every ``nn.ModuleList`` of two or more modules of one class (BERT's ``encoder.layer``)."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    if names:
+        return [m for m in model.modules() if type(m).__name__ in names]
+    return [
+        block
+        for module in model.modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1
+        for block in module
+    ]
+
+
+def shard_model(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Shard ``model``'s parameters over all processes with FSDP2, in place: one FSDP unit per transformer block (its
+    parameters are gathered for its forward and backward pass alone), one for the rest. ``optimizer`` (built on the
+    unsharded parameters, before any step) is switched to the shards, by parameter name."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in _blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    if optimizer is not None:
+        shards = dict(model.named_parameters())
+        for group in optimizer.param_groups:
+            group["params"] = [shards[names[id(p)]] for p in group["params"]]
+
+
+def _saved(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters a checkpoint and the export hold: the trainable ones and the gates."""
+    from .layer import GATE_NAME
+
+    return {n: p for n, p in model.named_parameters() if p.requires_grad or n.endswith(f".{GATE_NAME}")}
+
+
+def gathered_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters and the gates of ``model``, whole, on CPU, by their state-dict names (a collective)."""
+    _reshard(model)
+    return {name: full(param.detach()).cpu() for name, param in _saved(model).items()}
+
+
+def _reshard(model: nn.Module) -> None:
+    """Register the shards again where a forward pass left whole parameters (the root unit keeps them after its
+    forward pass: an evaluation leaves them, in buffers that the next step frees)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+@torch.no_grad()
+def unshard_adapter(model: nn.Module) -> None:
+    """Make the trainable parameters and the gates of the sharded ``model`` whole plain parameters, in place (a
+    collective). After it, the adapter reads as in one process (ranks, pruning, export); the frozen backbone stays
+    sharded. For the end of training: the model trains no further."""
+    _reshard(model)
+    for name, param in _saved(model).items():
+        if is_sharded(param):
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            module._parameters[attr] = nn.Parameter(full(param.detach()), requires_grad=param.requires_grad)
+
+
+def gathered_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every DTensor gathered whole onto CPU: the one-process format (a collective)."""
+    state = optimizer.state_dict()
+    return {
+        "state": {
+            index: {key: full(value).cpu() if torch.is_tensor(value) else value for key, value in entry.items()}
+            for index, entry in state["state"].items()
+        },
+        "param_groups": state["param_groups"],
+    }
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A whole optimizer state (:func:`gathered_optimizer_state`) cut to this process's shards of ``optimizer``'s
+    DTensor parameters, matched by position as ``load_state_dict`` matches them; other values stay."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved = [i for group in state_dict["param_groups"] for i in group["params"]]
+    by_id = dict(zip(saved, params, strict=False))
+    state = {}
+    for index, entry in state_dict["state"].items():
+        param = by_id.get(index)
+        state[index] = {
+            key: distribute_tensor(value.to(param.dtype), param.device_mesh, param.placements, src_data_rank=None)
+            if is_sharded(param) and torch.is_tensor(value) and value.shape == param.shape
+            else value
+            for key, value in entry.items()
+        }
+    return {"state": state, "param_groups": state_dict["param_groups"]}
