@@ -154,9 +154,10 @@ HEAD_RERUNS = (
     ("mrpc", "lora", 1), ("cola", "lora", 0), ("cola", "lora", 2), ("cola", "sora-default", 2),
 )  # fmt: skip
 # The allocation study (issue: ranks follow the initialisation): SST-2, 300 steps at batch 32, a 50% budget; every
-# variant twice, with gate seeds 1 and 2 and the same data (seed 0). sora.allocation's two numbers: the survivors'
-# share among the largest initial |g| (near chance: the initialisation did not choose) and the survivors two gate
-# seeds share (above chance: the data chose). (label, settings)
+# variant three times: gate seeds 1 and 2 with the same data (seed 0), and gate seed 1 with another data order
+# (seed 1). sora.allocation's numbers: the survivors' share among the largest initial |g| (near chance: the
+# initialisation did not choose), the survivors two gate seeds share and those two data orders share (above
+# chance: the data chose; a constant init is the same for every gate seed). (label, settings)
 ALLOCATION_TASK = "sst2"
 ALLOCATION_COMMON = {"max_train_samples": 4800, "epochs": 2.0, "batch_size": 32, "target_ratio": 0.5}
 ALLOCATION = (
@@ -167,7 +168,7 @@ ALLOCATION = (
     ("sora-randn-contribution", {"budget_score": "contribution"}),
     ("sora-const-contribution", {"gate_init": 1.0, "budget_score": "contribution"}),
 )
-ALLOCATION_GATE_SEEDS = (1, 2)
+ALLOCATION_RUNS = ((0, 1), (0, 2), (1, 1))  # (seed: data order and the rest, gate seed)
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried
 FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults", "equal", "allocation")
 
@@ -521,12 +522,12 @@ class Runner:
         return self._at_defaults("equal", runs, seeds, tasks)
 
     def allocation(self) -> bool:
-        """``ALLOCATION``: each variant with every gate seed, seed 0 otherwise (the same data and order)."""
+        """``ALLOCATION``: each variant at every (seed, gate seed) of ``ALLOCATION_RUNS``."""
         complete = True
-        for label, settings in ALLOCATION:
-            for gate_seed in ALLOCATION_GATE_SEEDS:
+        for seed, gate_seed in ALLOCATION_RUNS:
+            for label, settings in ALLOCATION:
                 got = self.run(
-                    "allocation", ALLOCATION_TASK, label, 0, trial=f"gateseed{gate_seed}", common={},
+                    "allocation", ALLOCATION_TASK, label, seed, trial=f"gateseed{gate_seed}", common={},
                     **ALLOCATION_COMMON, **settings, gate_seed=gate_seed,
                 )  # fmt: skip
                 complete &= got is not None
