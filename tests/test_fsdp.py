@@ -169,3 +169,26 @@ def test_fsdp_in_one_process_is_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sora: error: --fsdp shards the parameters over several processes")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "message"),
+    [
+        ([], {"ACCELERATE_USE_FSDP": "true"}, "sora train shards with its own --fsdp: launch with torchrun"),
+        (["--fsdp", "--method", "adalora"], {"WORLD_SIZE": "2"}, "--fsdp trains --method sora or lora, not 'adalora'"),
+        (["--fsdp", "--target-ratio", "0.5"], {"WORLD_SIZE": "2"}, "--target-ratio / --target-params do not run"),
+        (
+            [],
+            {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+            "DeepSpeed ZeRO-3 does not run sora train",
+        ),
+    ],
+)
+def test_fsdp_settings_it_cannot_run_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, extra, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "train"
+    assert cli.main(["train", "--task", "rte", "--output-dir", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sora: error: {message}"), err
+    assert not out.exists()

@@ -14,13 +14,17 @@ collective: every process must call it, in the same order.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .errors import SoraError
+
+if TYPE_CHECKING:
+    from .run_config import TrainConfig
 
 FSDP_METHODS = ("sora", "lora")  # the adapters a sharded run trains and exports (PEFT models)
 
@@ -71,19 +75,42 @@ def fsdp_launched() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
 
 
-def check_fsdp(method: str, fsdp_flag: bool) -> bool:
-    """Whether this run shards its parameters (``--fsdp``); a setting it cannot run is a one-line :class:`SoraError`."""
+def zero3_launched() -> bool:
+    """Whether ``accelerate launch --use_deepspeed`` started this process with ZeRO stage 3 (parameter sharding)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() not in ("1", "true", "yes"):
+        return False
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    config = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if stage is None and config and config.endswith(".json") and os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            try:
+                stage = str(json.load(f).get("zero_optimization", {}).get("stage"))
+            except (ValueError, AttributeError):
+                stage = None
+    return stage == "3"
+
+
+def check_fsdp(cfg: TrainConfig) -> bool:
+    """Whether the run ``cfg`` shards its parameters (``--fsdp``); a setting it cannot run is a one-line
+    :class:`SoraError`."""
+    if zero3_launched():
+        raise SoraError(
+            "DeepSpeed ZeRO-3 does not run sora train (SoRA's optimizer and gates are hidden in its partitions): "
+            "shard with --fsdp"
+        )
     if fsdp_launched():
         raise SoraError(
             "sora train shards with its own --fsdp: launch with torchrun or accelerate launch --multi_gpu, "
             "not accelerate's --use_fsdp"
         )
-    if not fsdp_flag:
+    if not cfg.fsdp:
         return False
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise SoraError("--fsdp shards the parameters over several processes: launch with torchrun or accelerate")
-    if method not in FSDP_METHODS:
-        raise SoraError(f"--fsdp trains --method {' or '.join(FSDP_METHODS)}, not {method!r}")
+    if cfg.method not in FSDP_METHODS:
+        raise SoraError(f"--fsdp trains --method {' or '.join(FSDP_METHODS)}, not {cfg.method!r}")
+    if cfg.budgeted:
+        raise SoraError("--target-ratio / --target-params do not run with --fsdp (the budget reads whole gates)")
     return True
 
 
