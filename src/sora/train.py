@@ -160,7 +160,7 @@ def summary_line(metrics: dict[str, Any]) -> str:
     if metrics["method"] == "sora":
         live, total = sum(metrics["ranks"].values()), metrics["hyperparameters"]["r"] * len(metrics["ranks"])
         line += f"; {live}/{total} ranks live, {total - live} pruned"
-        if metrics.get("allocation"):
+        if metrics.get("allocation") and live < total:
             overlap, chance = metrics["allocation"]["overlap"], metrics["allocation"]["chance"]
             line += f" ({100 * overlap:.0f}% among the largest initial gates, chance {100 * chance:.0f}%)"
     return line + f"; adapter {metrics['nonzero_params']:,} parameters, head {metrics['head_params']:,}"
