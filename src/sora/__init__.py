@@ -1,5 +1,8 @@
 """SoRA: Sparse Low-rank Adaptation (Ding et al., EMNLP 2023) as a drop-in on PEFT's LoRA."""
 
+from . import quant as quant  # first: it holds back bitsandbytes' import-time warning before peft imports bitsandbytes
+
+# isort: split
 from .budget import BudgetCallback, SparsityBudget, budget_step
 from .config import SoraConfig
 from .errors import SoraError
@@ -7,6 +10,7 @@ from .layer import soft_threshold
 from .model import count_parameters, gate_ranks, get_sora_model, load_sora, save_sora
 from .optim import SoraOptimizer
 from .prune import prune
+from .quant import merge
 
 __all__ = [
     "BudgetCallback",
@@ -19,6 +23,7 @@ __all__ = [
     "gate_ranks",
     "get_sora_model",
     "load_sora",
+    "merge",
     "prune",
     "save_sora",
     "soft_threshold",

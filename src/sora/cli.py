@@ -108,6 +108,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-compile", action="store_true", help="compile the model with torch.compile")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in the backward pass")
     p.add_argument(
+        "--load-in-4bit", action="store_true", help="QLoRA: the base in NF4 (sora, lora, adalora; needs bitsandbytes)"
+    )
+    p.add_argument(
         "--fsdp", action="store_true", help="shard the parameters over the processes (FSDP2; torchrun or accelerate)"
     )
     p.add_argument(
@@ -151,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--validation-file", default=None, help="custom-task and causal-lm adapters: their dev file")
     ev.add_argument("--model", default=None, help="the base model (default: the one the adapter names)")
+    ev.add_argument(
+        "--load-in-4bit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the base in NF4, or (--no-load-in-4bit) in full precision (default: as the run trained)",
+    )
     ev.add_argument("--batch-size", type=int, default=None, help="default: the run's (twice its training batch)")
     ev.add_argument(
         "--max-eval-samples", type=int, default=None, help="score this many dev examples (default: as the run did)"
@@ -231,6 +240,7 @@ def _run(argv: list[str]) -> int:
             max_eval_samples=args.max_eval_samples,
             seed=args.seed,
             model_name=args.model,
+            load_in_4bit=args.load_in_4bit,
         )
         if args.output:
             _io.write_json(args.output, scores)

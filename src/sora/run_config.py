@@ -8,6 +8,7 @@ from typing import Any
 
 from .budget import SparsityBudget
 from .errors import SoraError
+from .quant import check_4bit
 
 METHODS = ("sora", "lora", "adalora", "full", "bitfit")
 # Learning rates per method when --lr is not given (see BENCHMARKS.md for the evidence behind them). AdaLoRA's
@@ -66,6 +67,7 @@ class TrainConfig:
     fp16: bool = False
     gradient_checkpointing: bool = False
     torch_compile: bool = False
+    load_in_4bit: bool = False  # QLoRA: the base in NF4 (sora, lora, adalora; sora.quant)
     fsdp: bool = False  # shard the parameters over the processes (FSDP2; sora.sharding)
     generate_eval: int | None = None  # causal-lm: greedy generations for this many validation prompts
     target_ratio: float | None = None  # SoRA: a sparsity budget (sora.SparsityBudget) instead of a fixed xi's result
@@ -97,6 +99,8 @@ class TrainConfig:
             SparsityBudget(self.target_ratio, self.target_params, score=self.budget_score)  # checks the values
         elif self.budget_score != "gate":
             raise SoraError("--budget-score ranks a budget's top-up: it needs --target-ratio or --target-params")
+        if self.load_in_4bit:
+            check_4bit(self.method, self.fsdp)
 
     @property
     def budgeted(self) -> bool:

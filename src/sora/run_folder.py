@@ -63,7 +63,8 @@ def prepare_output(cfg: TrainConfig, resume: bool) -> Path:
 def export(model: torch.nn.Module, tokenizer: Any, spec: Any, cfg: TrainConfig, final: Path) -> Path:
     """Write the adapter (or model) and its task file to the folder ``final`` atomically: a temp folder beside it,
     then a rename. The task file records ``spec`` (a dataclass) and what scoring needs to score the examples the run
-    scored in the same batches: ``max_seq_length``, ``max_eval_samples``, ``seed`` and ``batch_size``."""
+    scored in the same batches: ``max_seq_length``, ``max_eval_samples``, ``seed``, ``batch_size`` and whether the
+    base was loaded in 4 bits (``load_in_4bit``)."""
     staging = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
@@ -75,6 +76,7 @@ def export(model: torch.nn.Module, tokenizer: Any, spec: Any, cfg: TrainConfig, 
         "max_eval_samples": cfg.max_eval_samples,
         "seed": cfg.seed,
         "batch_size": eval_batch_size(cfg),
+        "load_in_4bit": cfg.load_in_4bit,  # sora eval loads the base as the run trained on it
     }
     _io.write_json(staging / TASK_FILE, task)
     shutil.rmtree(final, ignore_errors=True)

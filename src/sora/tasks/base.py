@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 
+from .. import quant
 from ..errors import SoraError, first_line
 from ..run_config import TrainConfig
 
@@ -40,7 +41,8 @@ class EvalOptions:
     ``data_dir`` / ``validation_file``. ``max_eval_samples`` and ``seed`` pick the dev subset (as
     ``sora.data.subsample`` does); ``sora.train.evaluate_adapter`` fills them and ``batch_size`` from the run when
     they are None, so that ``sora eval`` scores the examples the run scored, in the same batches. ``model_name``:
-    the base model, else the one the adapter names.
+    the base model, else the one the adapter names. ``load_in_4bit``: the base in NF4 (True) or in full precision
+    (False); None loads it as the run trained it (``sora_task.json``), see :meth:`base_in_4bit`.
     """
 
     task: str | None = None
@@ -51,6 +53,16 @@ class EvalOptions:
     max_eval_samples: int | None = None
     seed: int | None = None
     model_name: str | None = None
+    load_in_4bit: bool | None = None
+
+    def base_in_4bit(self, task: dict[str, Any]) -> bool:
+        """Whether to load the base in 4 bits for the adapter whose task file is ``task``: ``load_in_4bit`` if set,
+        else as the run trained (``task["load_in_4bit"]``); bitsandbytes must then be installed."""
+        wanted = self.load_in_4bit if self.load_in_4bit is not None else bool(task.get("load_in_4bit", False))
+        if wanted and not quant.bitsandbytes_available():
+            how = "" if self.load_in_4bit else " (or --no-load-in-4bit: the full-precision base)"
+            raise SoraError(f"a 4-bit base needs bitsandbytes: pip install 'sora-lora[qlora]'{how}")
+        return wanted
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from datasets import Dataset, DatasetDict
 from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
-from .. import _io
+from .. import _io, quant
 from ..data import records, subsample
 from ..errors import SoraError, first_line
 from ..run_config import TrainConfig
@@ -205,13 +205,17 @@ def collator(tokenizer: Any) -> DataCollatorForSeq2Seq:
 # models and inputs
 
 
-def load_model(name: str, tokenizer: Any) -> torch.nn.Module:
+def load_model(name: str, tokenizer: Any, load_in_4bit: bool = False) -> torch.nn.Module:
     """A pretrained decoder with an LM head (a local folder, a hub name, or a ``.gguf`` file: its cached conversion,
-    see :mod:`sora.tasks.gguf_cache`), from safetensors weights only."""
+    see :mod:`sora.tasks.gguf_cache`), from safetensors weights only. ``load_in_4bit``: its linear layers in NF4
+    (:mod:`sora.quant`), the LM head and tied embeddings in full precision (transformers' default skips)."""
+    extra = quant.load_kwargs() if load_in_4bit else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf_cache.resolve(name), use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(gguf_cache.resolve(name), use_safetensors=True, **extra)
     except (OSError, ValueError, KeyError) as e:
         raise SoraError(f"cannot load model {name!r}: {first_line(e)}") from None
+    if load_in_4bit:
+        model = quant.prepare(model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -247,7 +251,7 @@ def load(cfg: TrainConfig) -> LoadedTask:
     )
     train_set = subsample(data.splits["train"], cfg.max_train_samples, cfg.seed)
     dev = {"validation": subsample(data.splits["validation"], cfg.max_eval_samples, cfg.seed)}
-    return LoadedTask(data, tokenizer, train_set, dev, load_model(name, tokenizer))
+    return LoadedTask(data, tokenizer, train_set, dev, load_model(name, tokenizer, cfg.load_in_4bit))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -326,7 +330,8 @@ def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
     if options.task not in (None, TASK) or options.data_dir is not None:
         raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file, no other task or data")
     tokenizer = _causal_tokenizer(str(adapter))
-    model = load_exported(adapter, options.model_name, lambda name: load_model(name, tokenizer))
+    in_4bit = options.base_in_4bit(saved_task(adapter))
+    model = load_exported(adapter, options.model_name, lambda name: load_model(name, tokenizer, in_4bit))
     data = options.data
     if data is None:
         if options.validation_file is None:

