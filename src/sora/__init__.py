@@ -9,8 +9,7 @@ from .errors import SoraError
 from .layer import soft_threshold
 from .model import count_parameters, gate_ranks, get_sora_model, load_sora, save_sora
 from .optim import SoraOptimizer
-from .prune import prune
-from .quant import merge
+from .prune import merge, prune
 
 __all__ = [
     "BudgetCallback",

@@ -28,7 +28,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def _adapter_folder(run_dir: Path) -> Path:
+def adapter_folder(run_dir: Path) -> Path:
     """The adapter of a run folder (``RUN_DIR/adapter``), or ``run_dir`` itself when it is an adapter folder."""
     for folder in (run_dir / "adapter", run_dir):
         if (folder / ADAPTER_CONFIG).is_file():
@@ -55,7 +55,7 @@ def uniform_rank(run_dir: str | Path, output: str | Path | None = None) -> Path:
     result too. The folder appears whole or not at all.
     """
     run_dir = Path(run_dir)
-    folder = _adapter_folder(run_dir)
+    folder = adapter_folder(run_dir)
     output = Path(output) if output is not None else folder.with_name(f"{folder.name}-uniform-rank")
     if output.exists() and not (output / ADAPTER_CONFIG).is_file() and any(output.iterdir()):
         raise SoraError(f"{output} exists and is not an adapter folder: choose another --output")

@@ -32,7 +32,7 @@ import torch
 
 from ._io import atomic_write
 from .errors import SoraError, first_line
-from .export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, _adapter_folder
+from .export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_folder
 from .model import load_safetensors
 from .run_folder import TASK_FILE
 
@@ -231,7 +231,7 @@ def export_gguf(run_dir: str | Path, output: str | Path | None = None, base_mode
     check runs before anything is written.
     """
     _gguf()
-    folder = _adapter_folder(Path(run_dir))
+    folder = adapter_folder(Path(run_dir))
     output = Path(output) if output is not None else folder.with_name(f"{folder.name}.gguf")
     if output.is_dir():
         raise SoraError(f"{output} is a folder: --output names the .gguf file to write")

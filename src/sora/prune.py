@@ -18,6 +18,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from .errors import SoraError
 from .layer import GatedLinear, detach_gate_fold, lora_layers
 from .model import quiet_peft, relative_name
+from .quant import is_4bit
 
 
 def _pattern(name: str) -> str:
@@ -75,3 +76,21 @@ def prune(model: PeftModel) -> PeftModel:
         layer.lora_A[adapter].weight.copy_(a)
         layer.lora_B[adapter].weight.copy_(b)
     return result
+
+
+def merge(model: PeftModel) -> torch.nn.Module:
+    """Merge a LoRA adapter into its base and return the plain transformers model (a SoRA model is pruned first).
+
+    A 4-bit base is refused: PEFT's ``merge_and_unload`` would re-quantize the merged weights to NF4 and round most of
+    the adapter's delta away. Load the base in full precision, load the adapter onto it, and merge that.
+    """
+    if is_4bit(model):
+        raise SoraError(
+            "cannot merge into a 4-bit base: NF4 would round the adapter away; load the base in full precision, "
+            "load the adapter onto it (PeftModel.from_pretrained) and merge that"
+        )
+    if hasattr(model, "sora_config"):
+        model = prune(model)
+    if not hasattr(model, "merge_and_unload"):
+        raise SoraError("merge() needs a PEFT LoRA model (a PeftModel)")
+    return model.merge_and_unload()

@@ -135,24 +135,4 @@ def is_4bit(model: Any) -> bool:
     return bool(getattr(base, "is_loaded_in_4bit", False))
 
 
-def merge(model: Any) -> Any:
-    """Merge a LoRA adapter into its base and return the plain transformers model (a SoRA model is pruned first).
-
-    A 4-bit base is refused: PEFT's ``merge_and_unload`` would re-quantize the merged weights to NF4 and round most of
-    the adapter's delta away. Load the base in full precision, load the adapter onto it, and merge that.
-    """
-    from .prune import prune
-
-    if is_4bit(model):
-        raise SoraError(
-            "cannot merge into a 4-bit base: NF4 would round the adapter away; load the base in full precision, "
-            "load the adapter onto it (PeftModel.from_pretrained) and merge that"
-        )
-    if hasattr(model, "sora_config"):
-        model = prune(model)
-    if not hasattr(model, "merge_and_unload"):
-        raise SoraError("merge() needs a PEFT LoRA model (a PeftModel)")
-    return model.merge_and_unload()
-
-
 quiet_bitsandbytes()  # at import: `import sora` imports this module before anything imports peft

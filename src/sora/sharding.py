@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import SoraError
-
-if TYPE_CHECKING:
-    from .run_config import TrainConfig
 
 FSDP_METHODS = ("sora", "lora")  # the adapters a sharded run trains and exports (PEFT models)
 
@@ -90,9 +87,9 @@ def zero3_launched() -> bool:
     return stage == "3"
 
 
-def check_fsdp(cfg: TrainConfig) -> bool:
-    """Whether the run ``cfg`` shards its parameters (``--fsdp``); a setting it cannot run is a one-line
-    :class:`SoraError`."""
+def check_fsdp(fsdp: bool, method: str, budgeted: bool) -> bool:
+    """Whether a run of ``method`` (with a sparsity budget: ``budgeted``) shards its parameters (``fsdp``:
+    ``--fsdp``); a setting it cannot run is a one-line :class:`SoraError`."""
     if zero3_launched():
         raise SoraError(
             "DeepSpeed ZeRO-3 does not run sora train (SoRA's optimizer and gates are hidden in its partitions): "
@@ -103,13 +100,13 @@ def check_fsdp(cfg: TrainConfig) -> bool:
             "sora train shards with its own --fsdp: launch with torchrun or accelerate launch --multi_gpu, "
             "not accelerate's --use_fsdp"
         )
-    if not cfg.fsdp:
+    if not fsdp:
         return False
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise SoraError("--fsdp shards the parameters over several processes: launch with torchrun or accelerate")
-    if cfg.method not in FSDP_METHODS:
-        raise SoraError(f"--fsdp trains --method {' or '.join(FSDP_METHODS)}, not {cfg.method!r}")
-    if cfg.budgeted:
+    if method not in FSDP_METHODS:
+        raise SoraError(f"--fsdp trains --method {' or '.join(FSDP_METHODS)}, not {method!r}")
+    if budgeted:
         raise SoraError("--target-ratio / --target-params do not run with --fsdp (the budget reads whole gates)")
     return True
 

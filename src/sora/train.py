@@ -58,7 +58,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """
     family = task_family(cfg.task)
     cfg = with_default_model(cfg)
-    sharded = check_fsdp(cfg)
+    sharded = check_fsdp(cfg.fsdp, cfg.method, cfg.budgeted)
     main = is_main_process()
     out = prepare_output(cfg, resume) if main else Path(cfg.output_dir)
     transformers.set_seed(cfg.seed)
