@@ -169,6 +169,11 @@ ALLOCATION = (
     ("sora-const-contribution", {"gate_init": 1.0, "budget_score": "contribution"}),
 )
 ALLOCATION_RUNS = ((0, 1), (0, 2), (1, 1))  # (seed: data order and the rest, gate seed)
+# The variants whose allocation the data chose, at the Equal-budget table's recipe (its sora-budget50 row is the
+# N(0, 1) default): (label, settings, tasks); the report sets them beside that row and LoRA r=4.
+ALLOCATION_EQUAL = (
+    ("sora-budget50-const-contribution", {"gate_init": 1.0, "budget_score": "contribution"}, ("stsb",)),
+)
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried
 FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults", "equal", "allocation")
 
@@ -522,7 +527,8 @@ class Runner:
         return self._at_defaults("equal", runs, seeds, tasks)
 
     def allocation(self) -> bool:
-        """``ALLOCATION``: each variant at every (seed, gate seed) of ``ALLOCATION_RUNS``."""
+        """``ALLOCATION``: each variant at every (seed, gate seed) of ``ALLOCATION_RUNS``; then ``ALLOCATION_EQUAL``
+        at the Equal-budget recipe, seed by seed."""
         complete = True
         for seed, gate_seed in ALLOCATION_RUNS:
             for label, settings in ALLOCATION:
@@ -531,6 +537,14 @@ class Runner:
                     **ALLOCATION_COMMON, **settings, gate_seed=gate_seed,
                 )  # fmt: skip
                 complete &= got is not None
+        for seed in SEEDS:
+            for label, settings, tasks in ALLOCATION_EQUAL:
+                for task in tasks:
+                    got = self.run(
+                        "allocation", task, label, seed, common={}, max_train_samples=DEFAULTS_SAMPLES[task],
+                        target_ratio=0.5, **settings,
+                    )  # fmt: skip
+                    complete &= got is not None
         return complete
 
     def _at_defaults(self, experiment: str, runs: list, seeds: list[int], tasks: list[str] | None) -> bool:
