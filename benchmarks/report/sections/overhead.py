@@ -1,5 +1,5 @@
-"""## Overhead (training-step timing): benchmarks/overhead.py's CPU run (settings, timings, ratios, operator calls)
-and benchmarks/memory.py's run."""
+"""## Overhead (training-step timing): benchmarks/overhead.py's CPU run (settings, timings, ratios, operator calls).
+Its ``render_generic`` also renders benchmarks/memory.py's per-epoch run (in the Memory section)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,7 @@ def overhead_section() -> str:
     path = RESULTS / "overhead_cpu.json"
     if not path.is_file():
         return "Not measured: `python benchmarks/overhead.py --output benchmarks/results/overhead_cpu.json`."
-    text = overhead_text(path)
-    memory = RESULTS / "memory_cpu.json"
-    if (d := read_json(memory)) is not None:
-        text += "\n\n### Memory\n\n" + render_generic(d, memory)
-    return text
+    return overhead_text(path)
 
 
 def overhead_text(path: Path) -> str:
