@@ -66,7 +66,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", required=True, help="the run folder (new, empty, or this run's own with --resume)")
     p.add_argument("--method", default=d["method"], choices=METHODS)
     p.add_argument(
-        "--model", default=None, help="local folder, hub name or (causal-lm) .gguf file (default: the embedded MiniLM-L6; causal-lm: SmolLM2)"
+        "--model",
+        default=None,
+        help="local folder, hub name or (causal-lm) .gguf file (default: the embedded MiniLM-L6; causal-lm: SmolLM2)",
     )
     p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs (default: $GLUE_DIR, else the hub)")
     p.add_argument("--train-file", default=None, help="custom and causal-lm tasks: CSV or JSONL")
