@@ -15,14 +15,15 @@ import glue
 
 from ..load import FIGURES, Results, Runs, load, score
 from ..markdown import TASK_NAMES, fmt_params, rel, table
+from ..stats import differences, gap_text
 
 LABELS = {
     "sora-randn": "N(0, 1) gates (default)",
     "sora-const": "constant gates 1.0",
     "sora-randn-gatelr": "N(0, 1) gates, gate lr 1e-2",
     "sora-const-gatelr": "constant gates 1.0, gate lr 1e-2",
-    "sora-randn-contribution": "N(0, 1) gates, top-up by |g|·|B|·|A|",
-    "sora-const-contribution": "constant gates 1.0, top-up by |g|·|B|·|A|",
+    "sora-randn-contribution": "N(0, 1) gates, contribution top-up",
+    "sora-const-contribution": "constant gates 1.0, contribution top-up",
 }
 # (what, colour) of the figure's three pairs of bars, in the order of _Row's shares
 SHARES = (
@@ -82,11 +83,11 @@ def _figure(summary: dict[str, list[tuple[float, float]]], path: Path) -> Path:
             label = f"{name}: chance" if hatched else name
             style = {"alpha": 0.35, "hatch": "//"} if hatched else {"alpha": 0.9}
             ax.bar(x + offset, values, width, color=color, label=label, **style)
-    ax.set_xticks(x, [LABELS.get(label, label).replace(", ", ",\n") for label in summary], fontsize=7)
+    ax.set_xticks(x, [LABELS.get(label, label).replace("gates, ", "gates,\n") for label in summary], fontsize=7)
     ax.set_ylabel("% of the surviving gate entries")
     ax.set_ylim(0, 119)
     ax.legend(fontsize=7, loc="upper center", ncol=3)
-    ax.set_title(f"{glue.ALLOCATION_TASK.upper()}: who chooses SoRA's surviving ranks")
+    ax.set_title(f"{TASK_NAMES[glue.ALLOCATION_TASK]}: who chooses SoRA's surviving ranks")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
@@ -109,7 +110,7 @@ def _heatmaps(variants: dict[str, list[dict]], labels: list[str], out_dir: Path)
 def _equal_budget(results: Runs) -> str:
     """glue.ALLOCATION_EQUAL's runs beside the Equal-budget table's N(0, 1) SoRA at 50% and LoRA r=4 of their seed."""
     equal = load("equal")
-    rows = []
+    rows, vs_default, vs_lora = [], [], []
     for label, _, tasks in glue.ALLOCATION_EQUAL:
         for task in tasks:
             for seed in glue.SEEDS:
@@ -122,13 +123,22 @@ def _equal_budget(results: Runs) -> str:
                 cells = [f"{score(r):.1f} ({fmt_params(r['nonzero_params'])})" if r else "—" for r in runs]
                 empty = sum(v == 0 for v in mine["ranks"].values())
                 rows.append([TASK_NAMES[task], str(seed), *cells, str(empty)])
+                vs_default += differences([(mine, default)] if default else [], score)
+                vs_lora += differences([(mine, lora)] if lora else [], score)
     if not rows:
         return ""
+    gaps = (
+        f"\n\nMean paired gaps (± the 95% t half-width): against N(0, 1) gates {gap_text(vs_default)}; against "
+        f"LoRA r=4 {gap_text(vs_lora)}."
+        if vs_default and vs_lora
+        else ""
+    )
     return (
         "At the Equal-budget table's recipe (whole training set, 3 epochs, `--target-ratio 0.5`): the allocation "
         "chosen by the data (constant gates, top-up by contribution) beside that table's N(0, 1) SoRA and LoRA r=4 of "
         "the same seed (score, non-zero parameters).\n\n"
         + table(["task", "seed", "N(0, 1) gates", "constant + contribution", "LoRA r=4", "empty modules"], rows)
+        + gaps
     )
 
 
@@ -161,7 +171,7 @@ def render(res: Results) -> str:
     return "\n".join(
         [
             "\n## Allocation: the initialisation or the data?\n",
-            f"SoRA on {glue.ALLOCATION_TASK.upper()} ({settings['max_train_samples']} training examples, "
+            f"SoRA on {TASK_NAMES[glue.ALLOCATION_TASK]} ({settings['max_train_samples']} training examples, "
             f"{settings['epochs']:g} epochs at batch {settings['batch_size']}: 300 steps), at a budget of "
             f"{settings['target_ratio']:.0%} of the r_max={glue.RANK} adapter; each variant three times, {runs_text}: "
             "`--seed` sets the data order (and all else), `--gate-seed` the N(0, 1) gates alone. *Init overlap*: the "
