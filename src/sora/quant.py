@@ -1,4 +1,4 @@
-"""4-bit base models (QLoRA: NF4 with double quantization, bitsandbytes) for the adapter methods, and merging.
+"""4-bit base models (QLoRA: NF4 with double quantization, bitsandbytes) for the adapter methods.
 
 ``--load-in-4bit`` loads the base model's linear layers in 4 bits (NF4, double quantization; the compute dtype is
 bf16 on CUDA, fp32 on CPU, where bitsandbytes runs NF4 too). The trained heads (the task family's ``heads``: a
@@ -10,8 +10,8 @@ full-precision one (it was trained against the dequantized NF4 weights, so there
 quantization error of the base; docs/qlora.md).
 
 Merging: PEFT's ``merge_and_unload`` on a 4-bit base dequantizes each weight, adds the adapter's delta and quantizes
-the sum to NF4 again, which rounds most of the (small) delta away. :func:`merge` refuses that and merges into a
-full-precision base.
+the sum to NF4 again, which rounds most of the (small) delta away. :func:`sora.prune.merge` refuses that and merges
+into a full-precision base.
 
 bitsandbytes 0.50 logs a warning when it is imported on a CPU with AVX512-BF16 and without the optional ``kernels``
 package, and PEFT imports it whenever it is installed, so every ``import peft`` would print it, 4 bits or not.
