@@ -79,6 +79,16 @@ class TaskFamily:
     evaluate: Callable[[Path, EvalOptions], dict[str, float]]  # scores an exported adapter on every dev split
 
 
+def finish_model(model: torch.nn.Module, tokenizer: Any, load_in_4bit: bool) -> torch.nn.Module:
+    """A freshly loaded model made ready to train: prepared for its 4-bit base (:func:`sora.quant.prepare`) where
+    it has one, and padding with the tokenizer's pad token where its config names none."""
+    if load_in_4bit:
+        model = quant.prepare(model)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
 def load_tokenizer(name: str) -> Any:
     """The tokenizer of ``name``, with the EOS token as padding where it has no pad token (GPT-2, LLaMA)."""
     try:

@@ -36,7 +36,7 @@ from ..errors import SoraError, first_line
 from ..run_config import TrainConfig
 from ..run_folder import is_main_process, load_exported, saved_task
 from . import gguf_cache
-from .base import EvalOptions, LoadedTask, TaskFamily, load_tokenizer
+from .base import EvalOptions, LoadedTask, TaskFamily, finish_model, load_tokenizer
 
 TASK = "causal-lm"
 IGNORE = -100  # the label of a token outside the loss
@@ -214,11 +214,7 @@ def load_model(name: str, tokenizer: Any, load_in_4bit: bool = False) -> torch.n
         model = AutoModelForCausalLM.from_pretrained(gguf_cache.resolve(name), use_safetensors=True, **extra)
     except (OSError, ValueError, KeyError) as e:
         raise SoraError(f"cannot load model {name!r}: {first_line(e)}") from None
-    if load_in_4bit:
-        model = quant.prepare(model)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return finish_model(model, tokenizer, load_in_4bit)
 
 
 def _causal_tokenizer(name: str) -> Any:

@@ -28,7 +28,7 @@ from ..errors import SoraError, first_line
 from ..metrics import compute_metrics
 from ..run_config import TrainConfig
 from ..run_folder import load_exported, saved_task
-from .base import EvalOptions, LoadedTask, TaskFamily, load_tokenizer
+from .base import EvalOptions, LoadedTask, TaskFamily, finish_model, load_tokenizer
 
 
 def default_model() -> str:
@@ -67,10 +67,7 @@ def load_classifier(
         model = AutoModelForSequenceClassification.from_pretrained(name, config=config, **extra)
     except (OSError, ValueError, KeyError) as e:
         raise SoraError(f"cannot load model {name!r}: {first_line(e)}") from None
-    if load_in_4bit:
-        model = quant.prepare(model)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    model = finish_model(model, tokenizer, load_in_4bit)
     if spec.is_regression and train_labels is not None:
         outputs = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == spec.num_labels]
         if outputs and outputs[-1].bias is not None:  # the last one is the head's output layer
