@@ -28,7 +28,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_distributed import COMMON, GLOBAL_BATCH, MODULES, R_MAX, WORLD, XI
-from test_faults import _assert_same_run
+from test_faults import _assert_same_run, _complete
 
 from sora import cli
 
@@ -109,14 +109,6 @@ def test_fsdp_loss_and_dev_metrics_match_one_process(runs):
     got, want = _metrics(runs["fsdp"]), _metrics(runs["single"])
     assert got["eval"] == want["eval"] and got["eval_final"] == want["eval_final"]
     assert got["best_checkpoint"].rsplit("-", 1)[1] == want["best_checkpoint"].rsplit("-", 1)[1]
-
-
-def _complete(folder: Path) -> bool:
-    try:
-        json.loads((folder / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def test_fsdp_sigkill_then_resume_equals_the_uninterrupted_sharded_run(runs, options, tmp_path):
