@@ -16,6 +16,7 @@ METHOD_NAMES = {
     "full": "Full FT",
     "bitfit": "BitFit",
     "lora": "LoRA r=8",
+    "lora-alpha8": "LoRA r=8, alpha 8",
     "adalora": "AdaLoRA r=8",
     "sora": "SoRA r_max=8",
     "sora-default": "SoRA r_max=8, defaults",

@@ -12,22 +12,29 @@ from ..markdown import METHOD_NAMES, TASK_NAMES, fmt_params, table
 from ..stats import NOISE_NOTE, differences, gap_text, gap_word, tally
 
 # The Equal-budget table's rows: (label, rank, the budget's share of the r_max=8 adapter); LoRA r=8 from the Defaults
-EQUAL_ROWS = (("lora", glue.RANK, 1.0), *((label, r, ratio or r / glue.RANK) for label, r, ratio in glue.EQUAL_BUDGET))
-
-
-BUDGETS = {label: ratio for label, _, ratio in glue.EQUAL_BUDGET if ratio}  # SoRA's budgeted labels
+EQUAL_ROWS = (
+    ("lora", glue.RANK, 1.0),
+    *((label, r, ratio or r / glue.RANK) for label, r, ratio, _ in glue.EQUAL_BUDGET),
+)
+BUDGETS = {label: ratio for label, _, ratio, _ in glue.EQUAL_BUDGET if ratio}  # SoRA's budgeted labels
+# The budgeted labels whose allocation the data chose (glue.LEARNED); the others keep the paper's N(0, 1) gates
+LEARNED = [label for label, _, ratio, settings in glue.EQUAL_BUDGET if ratio and settings == glue.LEARNED]
+# LoRA at SoRA's update scale: alpha / r of its modules equal to SoRA's alpha / r_max
+SCALED = next(label for label, _, ratio, settings in glue.EQUAL_BUDGET if not ratio and "lora_alpha" in settings)
 
 
 def equal_name(label: str, r: int) -> str:
     if label in BUDGETS:
-        return f"SoRA r_max={r}, budget {BUDGETS[label]:g}"
+        return f"SoRA r_max={r}, budget {BUDGETS[label]:g}" + (", learned allocation" if label in LEARNED else "")
     return METHOD_NAMES[label].replace(f"={glue.RANK}", f"={r}")
 
 
 def equal_rivals(label: str) -> list[tuple[str, int]]:
-    """What a SoRA budget is compared with: the rows of the nearest equal rank, and the Defaults' LoRA r=8."""
+    """What a SoRA budget is compared with: LoRA and AdaLoRA (at their default scale) of the nearest equal rank, and
+    the Defaults' LoRA r=8."""
     rank = round(BUDGETS[label] * glue.RANK)
-    return [(m, r) for m, r, ratio in glue.EQUAL_BUDGET if not ratio and r == rank] + [("lora", glue.RANK)]
+    nearest = [(m, r) for m, r, ratio, settings in glue.EQUAL_BUDGET if not ratio and not settings and r == rank]
+    return [*nearest, ("lora", glue.RANK)]
 
 
 def equal_section(equal: Runs, defaults: Runs) -> str:
@@ -58,36 +65,97 @@ def equal_section(equal: Runs, defaults: Runs) -> str:
         table(["task", "method", "target", *(f"seed {s}" for s in seeds), "min–max"], rows)
         + "\n\nCells: dev score (adapter parameters, distance from the target). Target: the budget's share of the "
         f"r_max=8 adapter ({fmt_params(lora_size)}): SoRA's `--target-ratio`; LoRA and AdaLoRA at ranks 6 and 4 "
-        "are the nearest equal sizes (75% and 50%); LoRA r=8 is the Defaults run of the same seed. Everything else "
-        "at the `sora train` defaults. Distance from the target over all runs: "
+        "are the nearest equal sizes (75% and 50%); LoRA r=8 is the Defaults run of the same seed. *Learned "
+        "allocation*: constant gates (`--gate-init 1.0`) and the contribution top-up (`--budget-score "
+        "contribution`), the variant whose surviving ranks the data chose (Allocation section); the other SoRA rows "
+        "keep the paper's N(0, 1) gates. *alpha 8*: LoRA r=4 at `--lora-alpha 8`, SoRA's update scale (alpha / r "
+        "= 16 / 8 = 2; LoRA r=4 at its default alpha 16 scales by 4). Everything else at the `sora train` "
+        "defaults. Distance from the target over all runs: "
         + ", ".join(f"{name} {min(d):+.1f}% to {max(d):+.1f}%" for name, d in off.items() if name != "LoRA")
         + " (AdaLoRA's `target_r` sets a total rank that its masks share out, not a parameter count; LoRA's size is "
         "exact).\n\n"
     )
-    lines, gaps, seeds_of = [], collections.defaultdict(list), collections.defaultdict(list)
+    lines = []
+    gaps = {False: collections.defaultdict(list), True: collections.defaultdict(list)}  # learned? -> rival -> gaps
+    seeds_of = {False: collections.defaultdict(list), True: collections.defaultdict(list)}  # learned? -> task -> n
     for label in BUDGETS:
         for rival, r in equal_rivals(label):
-            parts = []
-            for task in glue.DEFAULTS_SAMPLES:
-                pairs = paired(runs, task, label, rival, (glue.RANK, r))
-                seeds_of[task].append(len(pairs))
-                if pairs:
-                    diffs = differences(pairs, score)
-                    parts.append(f"{TASK_NAMES[task]} {gap_text(diffs)}")
-                    gaps[rival].append(diffs)
-            if parts:
-                lines.append(f"- {equal_name(label, glue.RANK)} − {equal_name(rival, r)}: " + "; ".join(parts))
+            found = _gap_line(runs, (label, glue.RANK), (rival, r), seeds_of[label in LEARNED])
+            if found:
+                lines.append(found[0])
+                gaps[label in LEARNED][rival] += found[1]
     if not lines:
         return text
-    short = {TASK_NAMES[t]: min(n) for t, n in seeds_of.items() if min(n) < len(glue.SEEDS)}
-    return text + f"Paired by seed, dev points ({NOISE_NOTE}):\n\n" + "\n".join(lines) + "\n\n" + verdict(gaps, short)
+    claims = []
+    for learned, allocation in ((False, "the paper's N(0, 1) gates"), (True, "the learned allocation")):
+        if gaps[learned]:
+            short = {TASK_NAMES[t]: min(n) for t, n in seeds_of[learned].items() if min(n) < len(glue.SEEDS)}
+            claims.append(verdict(gaps[learned], short, allocation))
+    return (
+        text
+        + f"Paired by seed, dev points ({NOISE_NOTE}):\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n\n".join(claims)
+        + "\n\n"
+        + factors(runs)
+        + "\n\n"
+        + EQUAL_READING
+    )
 
 
-def verdict(gaps: dict[str, list[list[float]]], short: dict[str, int]) -> str:
-    """The verdict on the paper's claim from the paired gaps of SoRA's budgets to each rival method (``gaps``:
-    method -> one list of per-seed differences per task comparison); "not yet" while ``short`` names tasks with
-    fewer seeds than the tables want."""
-    claim = "**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters)"
+def _gap_line(
+    runs: Runs, a: tuple[str, int], b: tuple[str, int], seeds_of: dict | None = None
+) -> tuple[str, list[list[float]]] | None:
+    """The line of ``a``'s paired gaps to ``b`` ((label, rank) each) task by task, and those gaps (None: no pair);
+    ``seeds_of``: task -> the pair counts, appended to."""
+    parts, gaps = [], []
+    for task in glue.DEFAULTS_SAMPLES:
+        pairs = paired(runs, task, a[0], b[0], (a[1], b[1]))
+        if seeds_of is not None:
+            seeds_of[task].append(len(pairs))
+        if pairs:
+            diffs = differences(pairs, score)
+            parts.append(f"{TASK_NAMES[task]} {gap_text(diffs)}")
+            gaps.append(diffs)
+    if not parts:
+        return None
+    return f"- {equal_name(*a)} − {equal_name(*b)}: " + "; ".join(parts), gaps
+
+
+def factors(runs: Runs) -> str:
+    """Why SoRA at a budget and LoRA of equal size differ, one factor at a time: the allocation (the learned one
+    against the N(0, 1) one at each budget), the scale (LoRA r=4 at SoRA's alpha / r against its own default) and,
+    with both matched, what is left: the training (the learned SoRA at 50% against LoRA r=4 at SoRA's scale)."""
+    rank = dict((label, r) for label, r, _, _ in glue.EQUAL_BUDGET)
+    plain = {ratio: label for label, ratio in BUDGETS.items() if label not in LEARNED}
+    comparisons = {
+        "Allocation": [((label, glue.RANK), (plain[BUDGETS[label]], glue.RANK)) for label in LEARNED],
+        "Scale": [((SCALED, rank[SCALED]), ("lora", rank[SCALED]))],
+        "Training (allocation learned, size and scale matched)": [
+            ((label, glue.RANK), (SCALED, rank[SCALED])) for label in LEARNED
+            if round(BUDGETS[label] * glue.RANK) == rank[SCALED]
+        ],
+    }  # fmt: skip
+    out = []
+    for factor, pairs in comparisons.items():
+        for a, b in pairs:
+            if found := _gap_line(runs, a, b):
+                t = tally(found[1])
+                out.append(
+                    f"{found[0].replace('- ', f'- **{factor}**: ', 1)}. Over the {t.comparisons} tasks: ahead in "
+                    f"{t.ahead}, within noise in {t.within}, behind in {t.behind}, mean below 0 in {t.below}."
+                )
+    if not out:
+        return ""
+    return "The three factors, one at a time (paired by seed, as above):\n\n" + "\n".join(out)
+
+
+def verdict(gaps: dict[str, list[list[float]]], short: dict[str, int], allocation: str) -> str:
+    """The verdict on the paper's claim from the paired gaps of SoRA's budgets with ``allocation`` to each rival
+    method (``gaps``: method -> one list of per-seed differences per task comparison); "not yet" while ``short``
+    names tasks with fewer seeds than the tables want."""
+    claim = f"**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters), {allocation}"
     if short:
         words = collections.Counter(gap_word(d) for diffs in gaps.values() for d in diffs)
         missing = ", ".join(f"{t} {n} seed{'s' * (n != 1)}" for t, n in short.items())
@@ -106,12 +174,12 @@ def verdict(gaps: dict[str, list[list[float]]], short: dict[str, int]) -> str:
             f"{t.within} and behind in {t.behind} (mean below {name}'s in {t.below})"
         )
         outcome.append(OUTCOME[t.outcome].format(name=name))
-    shares = " and ".join(f"{100 * ratio:.0f}%" for ratio in BUDGETS.values())
+    shares = " and ".join(sorted({f"{100 * ratio:.0f}%" for ratio in BUDGETS.values()}, reverse=True))
     held = all(t.outcome == "beats" for t in tallies.values())
     reading = "; ".join(parts)
     return (
         f"{claim}: {'holds' if held else 'not reproduced'} here.** {reading[0].upper()}{reading[1:]}. At {shares} of "
-        f"LoRA r={glue.RANK}'s parameters, SoRA {' and '.join(outcome)}.\n\n{EQUAL_READING}"
+        f"LoRA r={glue.RANK}'s parameters, SoRA {' and '.join(outcome)}."
     )
 
 
