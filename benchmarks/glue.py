@@ -140,10 +140,12 @@ DEFAULTS_METHODS = ("lora", "sora-default", "adalora")
 # plain budget rows are the N(0, 1) default), and LoRA r=4 at lora_alpha 8: the update scale of SoRA's modules
 # (alpha / r_max = 16 / 8) at LoRA r=4's size. (label, rank, target ratio, other settings)
 # Every seed of a group runs before the next group: the 50% comparisons (allocation, scale) before the 70% one.
+# The two allocations, named (a budgeted `sora train` defaults to LEARNED since the allocation study).
+PAPER = {"gate_init": "randn", "budget_score": "gate"}
 LEARNED = {"gate_init": 1.0, "budget_score": "contribution"}
 EQUAL_BUDGET_GROUPS = (
     (
-        ("sora-budget70", RANK, 0.7, {}), ("sora-budget50", RANK, 0.5, {}),
+        ("sora-budget70", RANK, 0.7, PAPER), ("sora-budget50", RANK, 0.5, PAPER),
         ("lora", 6, None, {}), ("lora", 4, None, {}), ("adalora", 6, None, {}), ("adalora", 4, None, {}),
         ("sora-budget50-const-contribution", RANK, 0.5, LEARNED), ("lora-alpha8", 4, None, {"lora_alpha": 8}),
     ),
@@ -171,12 +173,12 @@ HEAD_RERUNS = (
 ALLOCATION_TASK = "sst2"
 ALLOCATION_COMMON = {"max_train_samples": 4800, "epochs": 2.0, "batch_size": 32, "target_ratio": 0.5}
 ALLOCATION = (
-    ("sora-randn", {}),
-    ("sora-const", {"gate_init": 1.0}),
-    ("sora-randn-gatelr", {"gate_lr": 1e-2}),
-    ("sora-const-gatelr", {"gate_init": 1.0, "gate_lr": 1e-2}),
-    ("sora-randn-contribution", {"budget_score": "contribution"}),
-    ("sora-const-contribution", {"gate_init": 1.0, "budget_score": "contribution"}),
+    ("sora-randn", PAPER),
+    ("sora-const", {**PAPER, "gate_init": 1.0}),
+    ("sora-randn-gatelr", {**PAPER, "gate_lr": 1e-2}),
+    ("sora-const-gatelr", {**PAPER, "gate_init": 1.0, "gate_lr": 1e-2}),
+    ("sora-randn-contribution", {**PAPER, "budget_score": "contribution"}),
+    ("sora-const-contribution", LEARNED),
 )
 ALLOCATION_RUNS = ((0, 1), (0, 2), (1, 1))  # (seed: data order and the rest, gate seed)
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried

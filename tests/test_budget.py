@@ -8,6 +8,7 @@ and ``python -m sora train`` on 48 RTE pairs for the SIGKILL / ``--resume`` chec
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -283,3 +284,15 @@ def test_budget_score_needs_a_budget(tmp_path):
         sora.train.TrainConfig(task="rte", output_dir=str(tmp_path), budget_score="contribution")
     with pytest.raises(sora.SoraError, match="score must be one of gate, contribution"):
         sora.SparsityBudget(target_ratio=0.5, score="norm")
+
+
+def test_a_budget_lets_the_data_choose_by_default_and_keeps_the_papers_choice_on_request(tmp_path):
+    """Unbudgeted runs start their gates N(0, 1) as the paper does; a budget starts them equal and tops up by
+    contribution (what the allocation study chose), unless told otherwise."""
+    config = functools.partial(sora.train.TrainConfig, task="rte", output_dir=str(tmp_path))
+    plain, budgeted = config(), config(target_ratio=0.5)
+    assert (plain.gate_init, plain.budget_score) == ("randn", None)
+    assert (budgeted.gate_init, budgeted.budget_score) == (1.0, "contribution")
+    paper = config(target_params=1000, gate_init="randn", budget_score="gate")
+    assert (paper.gate_init, paper.budget_score) == ("randn", "gate")
+    assert sora.train.TrainConfig(**budgeted.__dict__).hyperparameters() == budgeted.hyperparameters()  # resume

@@ -89,7 +89,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate-lr", type=float, default=None, help="SoRA gate learning rate (default: --lr)")
     p.add_argument("--gate-update", default=d["gate_update"], choices=("adamw", "sgd"))
     p.add_argument("--threshold", default=d["threshold"], choices=("paper", "constant"))
-    p.add_argument("--gate-init", type=_float_or_str, default=d["gate_init"], help="a number, or randn")
+    p.add_argument(
+        "--gate-init",
+        type=_float_or_str,
+        default=None,
+        help="a number, or randn (default: randn; 1.0 with --target-ratio / --target-params)",
+    )
     p.add_argument("--gate-seed", type=int, default=None, help="seed of the randn gates alone (default: --seed's)")
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
     p.add_argument("--epochs", type=float, default=d["epochs"])
@@ -145,9 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--budget-score",
-        default="gate",
+        default=None,
         choices=("gate", "contribution"),
-        help="what a budget's top-up ranks the ranks by: |g_i|, or |g_i|·|B_i|·|A_i|",
+        help="what a budget's top-up ranks the ranks by: |g_i| (the paper's), or |g_i|·|B_i|·|A_i| (default)",
     )
 
     ev = sub.add_parser("eval", help="score an exported adapter on its task's dev set")

@@ -15,6 +15,8 @@ METHODS = ("sora", "lora", "adalora", "full", "bitfit")
 # adapter starts at zero singular values with N(0, 0.02) factors, so in a few epochs it needs a larger rate than LoRA:
 # 5e-3 was its best on MRPC, CoLA and RTE together in the search over 1e-3 to 1e-2 ("Defaults").
 DEFAULT_LR = {"sora": 1e-3, "lora": 1e-3, "adalora": 5e-3, "full": 5e-5, "bitfit": 1e-3}
+# A budgeted run's gates start equal, so that the gradients, not the initial sizes, order them (BENCHMARKS.md)
+BUDGET_GATE_INIT = 1.0
 
 
 @dataclass
@@ -27,6 +29,11 @@ class TrainConfig:
     than the Adam step, e.g. 5e-3 at lr 1e-3, prunes about half the ranks in 128 steps but kills every rank in
     runs of ~750 steps or more, whatever the gradients say: BENCHMARKS.md.) Gates start N(0, 1) as in the authors'
     code, so small gates are pruned first.
+
+    With a sparsity budget (``target_ratio`` / ``target_params``) the defaults let the data choose the ranks instead:
+    gates start constant (``gate_init`` 1.0) and the budget's top-up ranks by contribution (``budget_score``
+    "contribution"). N(0, 1) gates would decide the survivors by their initial size (BENCHMARKS.md, Allocation);
+    ``gate_init="randn", budget_score="gate"`` is the paper's behaviour.
 
     ``model`` None means the task family's embedded default, filled in when the run starts (``sora.train.train``).
     """
@@ -47,7 +54,7 @@ class TrainConfig:
     gate_lr: float | None = None
     gate_update: str = "adamw"
     threshold: str = "paper"
-    gate_init: float | str = "randn"
+    gate_init: float | str | None = None  # None: "randn" (the paper), or BUDGET_GATE_INIT with a budget
     gate_seed: int | None = None  # SoRA: the randn gates' own seed (None: the run's --seed stream)
     lr: float | None = None
     epochs: float = 3.0
@@ -72,7 +79,7 @@ class TrainConfig:
     generate_eval: int | None = None  # causal-lm: greedy generations for this many validation prompts
     target_ratio: float | None = None  # SoRA: a sparsity budget (sora.SparsityBudget) instead of a fixed xi's result
     target_params: int | None = None
-    budget_score: str = "gate"  # SoRA budget: what its top-up ranks by (sora.budget.SCORES)
+    budget_score: str | None = None  # SoRA budget: what its top-up ranks by (sora.budget.SCORES; None: contribution)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -96,9 +103,13 @@ class TrainConfig:
         if self.budgeted:
             if self.method != "sora":
                 raise SoraError(f"--target-ratio / --target-params are for --method sora, not {self.method!r}")
+            self.gate_init = BUDGET_GATE_INIT if self.gate_init is None else self.gate_init
+            self.budget_score = self.budget_score or "contribution"
             SparsityBudget(self.target_ratio, self.target_params, score=self.budget_score)  # checks the values
-        elif self.budget_score != "gate":
+        elif self.budget_score is not None:
             raise SoraError("--budget-score ranks a budget's top-up: it needs --target-ratio or --target-params")
+        if self.gate_init is None:
+            self.gate_init = "randn"
         if self.load_in_4bit:
             check_4bit(self.method, self.fsdp)
 
