@@ -76,21 +76,22 @@ def equal_section(equal: Runs, defaults: Runs) -> str:
         "exact).\n\n"
     )
     lines = []
-    gaps = {False: collections.defaultdict(list), True: collections.defaultdict(list)}  # learned? -> rival -> gaps
-    seeds_of = {False: collections.defaultdict(list), True: collections.defaultdict(list)}  # learned? -> task -> n
+    gaps = collections.defaultdict(lambda: collections.defaultdict(list))  # budget label -> rival -> gaps per task
+    seeds_of = collections.defaultdict(lambda: collections.defaultdict(list))  # budget label -> task -> pair counts
     for label in BUDGETS:
         for rival, r in equal_rivals(label):
-            found = _gap_line(runs, (label, glue.RANK), (rival, r), seeds_of[label in LEARNED])
+            found = _gap_line(runs, (label, glue.RANK), (rival, r), seeds_of[label])
             if found:
                 lines.append(found[0])
-                gaps[label in LEARNED][rival] += found[1]
+                gaps[label][rival] += found[1]
     if not lines:
         return text
     claims = []
     for learned, allocation in ((False, "the paper's N(0, 1) gates"), (True, "the learned allocation")):
-        if gaps[learned]:
-            short = {TASK_NAMES[t]: min(n) for t, n in seeds_of[learned].items() if min(n) < len(glue.SEEDS)}
-            claims.append(verdict(gaps[learned], short, allocation))
+        labels = [label for label in BUDGETS if (label in LEARNED) == learned and label in gaps]
+        complete = [label for label in labels if min(min(n) for n in seeds_of[label].values()) >= len(glue.SEEDS)]
+        if labels:
+            claims.append(verdict(gaps, complete, [label for label in labels if label not in complete], allocation))
     return (
         text
         + f"Paired by seed, dev points ({NOISE_NOTE}):\n\n"
@@ -137,7 +138,7 @@ def factors(runs: Runs) -> str:
             if round(BUDGETS[label] * glue.RANK) == rank[SCALED]
         ],
     }  # fmt: skip
-    out = []
+    out, reading = [], []
     for factor, pairs in comparisons.items():
         for a, b in pairs:
             if found := _gap_line(runs, a, b):
@@ -146,26 +147,44 @@ def factors(runs: Runs) -> str:
                     f"{found[0].replace('- ', f'- **{factor}**: ', 1)}. Over the {t.comparisons} tasks: ahead in "
                     f"{t.ahead}, within noise in {t.within}, behind in {t.behind}, mean below 0 in {t.below}."
                 )
+                if all(len(d) >= len(glue.SEEDS) for d in found[1]) and t.comparisons == len(glue.DEFAULTS_SAMPLES):
+                    verb = OUTCOME[t.outcome].format(name=equal_name(*b))
+                    reading.append(
+                        f"{factor.split()[0].lower()}: {equal_name(*a)} {verb} (mean above in "
+                        f"{t.comparisons - t.below} of {t.comparisons} tasks)"
+                    )
     if not out:
         return ""
-    return "The three factors, one at a time (paired by seed, as above):\n\n" + "\n".join(out)
+    text = "The three factors, one at a time (paired by seed, as above):\n\n" + "\n".join(out)
+    if reading:
+        text += "\n\n**Allocation, scale, training**, where every task has every seed: " + "; ".join(reading) + "."
+    return text
 
 
-def verdict(gaps: dict[str, list[list[float]]], short: dict[str, int], allocation: str) -> str:
-    """The verdict on the paper's claim from the paired gaps of SoRA's budgets with ``allocation`` to each rival
-    method (``gaps``: method -> one list of per-seed differences per task comparison); "not yet" while ``short``
-    names tasks with fewer seeds than the tables want."""
+def verdict(
+    gaps: dict[str, dict[str, list[list[float]]]], complete: list[str], pending: list[str], allocation: str
+) -> str:
+    """The verdict on the paper's claim from the paired gaps (``gaps``: budget label -> rival method -> one list of
+    per-seed differences per task) of the budgets with ``allocation`` that have every seed of every comparison
+    (``complete``); the budgets still short of seeds (``pending``) are named, and without a complete one the verdict
+    is "not yet"."""
     claim = f"**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters), {allocation}"
-    if short:
-        words = collections.Counter(gap_word(d) for diffs in gaps.values() for d in diffs)
-        missing = ", ".join(f"{t} {n} seed{'s' * (n != 1)}" for t, n in short.items())
+    waiting = (
+        f"{' and '.join(f'{BUDGETS[label]:g}' for label in pending)} {'has' if len(pending) == 1 else 'have'} fewer "
+        f"than {len(glue.SEEDS)} seeds of every comparison on every task yet: `python benchmarks/glue.py equal`"
+    )
+    if not complete:
+        words = collections.Counter(gap_word(d) for label in pending for diffs in gaps[label].values() for d in diffs)
         return (
             f"{claim}: not yet.** Of the task comparisons above, "
             + ", ".join(f"{word} in {n}" for word, n in words.most_common())
-            + f"; a verdict needs {len(glue.SEEDS)} seeds of every comparison on every task, and has fewer for "
-            f"{missing} (`python benchmarks/glue.py equal`)."
+            + f"; the budget {waiting}."
         )
-    tallies = {rival: tally(diffs) for rival, diffs in gaps.items()}
+    by_rival = collections.defaultdict(list)
+    for label in complete:
+        for rival, diffs in gaps[label].items():
+            by_rival[rival] += diffs
+    tallies = {rival: tally(diffs) for rival, diffs in by_rival.items()}
     parts, outcome = [], []
     for rival, t in tallies.items():
         name = METHOD_NAMES[rival].split()[0]
@@ -174,12 +193,13 @@ def verdict(gaps: dict[str, list[list[float]]], short: dict[str, int], allocatio
             f"{t.within} and behind in {t.behind} (mean below {name}'s in {t.below})"
         )
         outcome.append(OUTCOME[t.outcome].format(name=name))
-    shares = " and ".join(sorted({f"{100 * ratio:.0f}%" for ratio in BUDGETS.values()}, reverse=True))
+    shares = " and ".join(f"{100 * BUDGETS[label]:.0f}%" for label in complete)
     held = all(t.outcome == "beats" for t in tallies.values())
     reading = "; ".join(parts)
+    later = f" (The budget {waiting}.)" if pending else ""
     return (
         f"{claim}: {'holds' if held else 'not reproduced'} here.** {reading[0].upper()}{reading[1:]}. At {shares} of "
-        f"LoRA r={glue.RANK}'s parameters, SoRA {' and '.join(outcome)}."
+        f"LoRA r={glue.RANK}'s parameters, SoRA {' and '.join(outcome)}.{later}"
     )
 
 
