@@ -2,8 +2,9 @@
 
 Sections: the machine, the paper's claims (holds / does not hold / not measured, with the numbers), the GLUE tables
 (Table 1, 2, 4 analogs), the figures (Figure 3: the sparsifying scheduler; Figure 4: rank heatmaps, drawn here from
-the runs' ``ranks``), what was tried for SoRA's gate settings, the learning-rate search, the overhead (and memory)
-benchmarks of ``benchmarks/overhead.py``, the GPU path, and the commands that produce every number.
+the runs' ``ranks``), the allocation study, instruction tuning on the embedded decoder (``benchmarks/decoder.py``),
+what was tried for SoRA's gate settings, the learning-rate search, the overhead (and memory) benchmarks of
+``benchmarks/overhead.py``, the GPU path, and the commands that produce every number.
 
 Usage::
 

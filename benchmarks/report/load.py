@@ -1,5 +1,6 @@
-"""Reading the results: the result JSONs of every GLUE experiment, the other benchmarks' JSONs, the machines the
-results record, and the selections the sections share (complete seeds, runs paired by seed)."""
+"""Reading the results: the result JSONs of every GLUE experiment and of the decoder benchmark, the other
+benchmarks' JSONs, the machines the GLUE results record, and the selections the sections share (complete seeds, runs
+paired by seed)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 GLUE = RESULTS / "glue"
 GLUE_GPU = RESULTS / "glue-gpu"  # benchmarks/gpu_defaults.sh's results, from a lent GPU
 FIGURES = GLUE / "figures"
+DECODER = RESULTS / "decoder"  # benchmarks/decoder.py's results
 
 Runs = dict[str, dict[str, Any]]
 
@@ -115,6 +117,8 @@ class Results:
     defaults: Runs
     gpu_defaults: Runs
     allocation: Runs
+    decoder: Runs  # benchmarks/decoder.py, by run name (``zero-shot``, ``<row>_seed<seed>``)
+    decoder_failed: Runs
     machines: collections.Counter[Machine]
 
 
@@ -143,5 +147,7 @@ def read(out_dir: Path) -> Results:
         defaults=load("defaults"),
         gpu_defaults=load("defaults", root=GLUE_GPU),
         allocation=load("allocation"),
+        decoder=load(DECODER.name, root=DECODER.parent),
+        decoder_failed=load(DECODER.name, failed=True, root=DECODER.parent),
         machines=machines(),
     )

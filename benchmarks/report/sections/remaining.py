@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import decoder
 import glue
 
-from ..load import Results, load
+from ..load import DECODER, Results, load
 from ..markdown import METHOD_NAMES
 
 
@@ -48,6 +49,13 @@ def remaining(t1, t2, speed, schedules, long) -> str:
         todo.append(
             f"- Equal-budget table: {equal_jobs - equal_done} of {equal_jobs} runs not run: "
             "`python benchmarks/glue.py equal` (`benchmarks/gpu_defaults.sh` runs it after the Defaults)"
+        )
+    decoder_jobs = 1 + len(decoder.ROWS) * len(decoder.SEEDS)  # the zero-shot row, then every row at every seed
+    decoder_done = sum(len(load(DECODER.name, failed, DECODER.parent)) for failed in (False, True))
+    if decoder_done < decoder_jobs:
+        todo.append(
+            f"- Instruction tuning on the embedded decoder: {decoder_jobs - decoder_done} of {decoder_jobs} runs not "
+            f"run: `{decoder.RUNNER}`"
         )
     if len(load("epochs")) < len(glue.EPOCH_RUNS):
         todo.append("- Longer runs of AdaLoRA on MRPC: `python benchmarks/glue.py epochs`")

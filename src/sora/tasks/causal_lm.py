@@ -217,7 +217,8 @@ def load_model(name: str, tokenizer: Any, load_in_4bit: bool = False) -> torch.n
     return finish_model(model, tokenizer, load_in_4bit)
 
 
-def _causal_tokenizer(name: str) -> Any:
+def causal_tokenizer(name: str) -> Any:
+    """The tokenizer of a decoder (a model or adapter folder, a hub name, a ``.gguf`` file), padding on the right."""
     tokenizer = load_tokenizer(gguf_cache.resolve(name))
     tokenizer.padding_side = "right"  # positions count from the first token; labels pad on the same side
     return tokenizer
@@ -232,7 +233,7 @@ def load(cfg: TrainConfig) -> LoadedTask:
     if cfg.train_file is None or cfg.validation_file is None:
         raise SoraError(f"task {TASK} needs --train-file and --validation-file (JSONL or CSV)")
     name = gguf_cache.resolve(cfg.model)  # a .gguf file: its converted folder, which the adapter names as its base
-    tokenizer = _causal_tokenizer(name)
+    tokenizer = causal_tokenizer(name)
     train_examples = read_examples(cfg.train_file, tokenizer, cfg.max_seq_length)
     dev_examples = read_examples(cfg.validation_file, tokenizer, cfg.max_seq_length)
     prompts = [e for e in dev_examples if e.prompt_length is not None]
@@ -325,7 +326,7 @@ def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
     """
     if options.task not in (None, TASK) or options.data_dir is not None:
         raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file, no other task or data")
-    tokenizer = _causal_tokenizer(str(adapter))
+    tokenizer = causal_tokenizer(str(adapter))
     in_4bit = options.base_in_4bit(saved_task(adapter))
     model = load_exported(adapter, options.model_name, lambda name: load_model(name, tokenizer, in_4bit))
     data = options.data
