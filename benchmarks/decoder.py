@@ -397,25 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         help="records per task (default: 500 32 100); other sizes belong in another --results folder",
     )  # fmt: skip
     parser.add_argument("--results", default=str(RESULTS), help="result folder (default: benchmarks/results/decoder)")
-    parser.add_argument(
-        "--data-dir", default=glue.DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)"
-    )
-    parser.add_argument(
-        "--scratch", default=DEFAULT_SCRATCH, help=f"data, run folders, locks (default {DEFAULT_SCRATCH})"
-    )
-    parser.add_argument("--stop-at", type=glue._stop_at, default=None, help="UTC HH:MM: launch no new run after it")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a busy CPU)")
+    glue.add_runner_options(parser, DEFAULT_SCRATCH)
     args = parser.parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import torch
-    import transformers
-
-    torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    glue.quiet_threads(args.threads)
     runner = Runner(args)
     runner.prepare_data()
     print(f"[{glue._now()}] data in {runner.data}: {json.dumps(runner.summary['records'])}", flush=True)

@@ -725,6 +725,29 @@ def _until_done(step, runner: Runner, poll: float = 20.0) -> bool:
         time.sleep(poll)
 
 
+def add_runner_options(parser: argparse.ArgumentParser, scratch: str) -> None:
+    """The options of every resumable benchmark runner: the GLUE folder, the scratch folder (default ``scratch``),
+    ``--stop-at`` and ``--threads``."""
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
+    parser.add_argument("--scratch", default=scratch, help=f"run folders and locks (default: {scratch})")
+    parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a busy CPU)")
+
+
+def quiet_threads(threads: int) -> None:
+    """``threads`` torch threads for this process and its children; the libraries' progress bars and logs off."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -742,22 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tasks", nargs="+", choices=TASKS, default=None, help="defaults, equal, lrsearch: only these tasks"
     )
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
-    parser.add_argument("--scratch", default=os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
-    parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a busy CPU)")
+    add_runner_options(parser, os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
     args = parser.parse_args(argv)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    import transformers
-
-    torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    import datasets
-
-    datasets.disable_progress_bars()
+    quiet_threads(args.threads)
     runner = Runner(args)
     plan: list[tuple[str, Any]] = []
     for experiment in args.experiment:

@@ -75,28 +75,41 @@ def test_verdict_rule(diffs, outcome):
     assert stats.tally(diffs).outcome == outcome
 
 
+CLAIM = "**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters)"
+
+
 def test_equal_budget_verdict_on_constructed_gaps():
     below = [-1.0, -0.5, 0.2]
-    gaps = {"lora": [below, BEHIND, below, below], "adalora": [AHEAD, WITHIN]}
-    text = equal.verdict(gaps, short={})
-    assert text.startswith("**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters): not ")
-    assert "not reproduced here.**" in text
+    gaps = {"sora-budget50": {"lora": [below, BEHIND, below, below], "adalora": [AHEAD, WITHIN]}}
+    text = equal.verdict(gaps, ["sora-budget50"], [], "the paper's N(0, 1) gates")
+    assert text.startswith(f"{CLAIM}, the paper's N(0, 1) gates: not reproduced here.**")
     assert (
         "Against LoRA (4 task comparisons) SoRA is ahead in 0, within noise in 3 and behind in 1 (mean below LoRA's "
         "in 4); against AdaLoRA (2 task comparisons) SoRA is ahead in 1, within noise in 1 and behind in 0 (mean "
         "below AdaLoRA's in 0)." in text
     )
-    assert "SoRA trails LoRA (every mean below, most gaps within noise) and is level with AdaLoRA within noise." in text
-    held = equal.verdict({"lora": [AHEAD, AHEAD], "adalora": [AHEAD, AHEAD, WITHIN]}, short={})
+    assert (
+        "At 50% of LoRA r=8's parameters, SoRA trails LoRA (every mean below, most gaps within noise) and is level "
+        "with AdaLoRA within noise." in text
+    )
+    held = equal.verdict(
+        {"sora-budget50": {"lora": [AHEAD, AHEAD], "adalora": [AHEAD, AHEAD, WITHIN]}}, ["sora-budget50"], [], "x"
+    )
     assert "holds here.**" in held and "SoRA beats LoRA and beats AdaLoRA." in held
 
 
 def test_equal_budget_verdict_waits_for_seeds():
-    text = equal.verdict({"lora": [AHEAD, [1.0]]}, short={"SST-2": 1})
-    claim = "**Verdict on the paper's claim (SoRA beats LoRA and AdaLoRA with fewer parameters)"
-    assert text.startswith(f"{claim}: not yet.**")
+    """A budget short of seeds: no verdict of its own, and named beside the verdict of a complete one."""
+    waiting = "the budget 0.7 has fewer than 3 seeds of every comparison on every task yet"
+    short = {"sora-budget70": {"lora": [AHEAD, [1.0]]}}
+    text = equal.verdict(short, [], ["sora-budget70"], "the learned allocation")
+    assert text.startswith(f"{CLAIM}, the learned allocation: not yet.**")
     assert "Of the task comparisons above, ahead in 1, one seed only in 1;" in text
-    assert "has fewer for SST-2 1 seed (`python benchmarks/glue.py equal`)." in text
+    assert f"{waiting}: `python benchmarks/glue.py equal`." in text
+    both = {**short, "sora-budget50": {"lora": [AHEAD, AHEAD], "adalora": [AHEAD, AHEAD, WITHIN]}}
+    text = equal.verdict(both, ["sora-budget50"], ["sora-budget70"], "the learned allocation")
+    assert "holds here.**" in text and "At 50% of LoRA r=8's parameters" in text
+    assert "(The budget 0.7 has fewer than 3 seeds" in text
 
 
 def test_machine_line_comes_from_the_results():
