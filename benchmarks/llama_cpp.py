@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,6 @@ import glue  # machine(), the GLUE folder default
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCRATCH = "/tmp/sora-bench/llama_cpp"
-VARIANTS = ("sora-gguf", "uniform-rank-converted", "per-module-rank-converted")
 
 
 def train_run(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]:
@@ -115,9 +113,8 @@ def llama_side(model_path: Path, lora_path: Path | None, prompts: list, threads:
         llm.reset()
         llm.eval(tokens)
         logits.append(torch.from_numpy(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)))
-        budget = sum(1 for label in p.labels[p.prompt_length :] if label != -100)
         llm.reset()
-        out = llm.create_completion(tokens, max_tokens=budget, temperature=0.0, top_k=1)
+        out = llm.create_completion(tokens, max_tokens=max(p.reference_tokens, 1), temperature=0.0, top_k=1)
         answers.append(out["choices"][0]["text"].strip())
     return {"logits": logits, "answers": answers}
 
@@ -137,14 +134,17 @@ def compare(peft: dict[str, list], base: dict[str, list], variant: dict[str, lis
         ratios.append(float(effect_llama.norm() / effect_peft.norm()))
         cosines.append(float(torch.nn.functional.cosine_similarity(effect_llama, effect_peft, dim=0)))
         floors.append(float((lb[:n] - pb[:n]).norm() / effect_peft.norm()))
-    answers = variant["answers"]
     return {
         "norm_ratio": _spread(ratios),
         "cosine": _spread(cosines),
         "noise_floor": _spread(floors),
-        "answers_agree_with_peft": sum(a == b for a, b in zip(answers, peft["answers"], strict=True)) / len(answers),
-        "exact_match": sum(a == r.strip() for a, r in zip(answers, references, strict=True)) / len(answers),
+        "answers_agree_with_peft": _share_equal(variant["answers"], peft["answers"]),
+        "exact_match": _share_equal(variant["answers"], [r.strip() for r in references]),
     }
+
+
+def _share_equal(answers: list[str], others: list[str]) -> float:
+    return sum(a == b for a, b in zip(answers, others, strict=True)) / len(answers)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if not args.converter.is_file():
         raise SystemExit(f"{args.converter}: no such file (llama.cpp's convert_lora_to_gguf.py)")
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    glue.quiet_threads(args.threads)
     import llama_cpp
     import torch
 
@@ -171,7 +171,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sora.tasks import gguf_cache
     from sora.tasks.causal_lm import causal_tokenizer, read_examples
 
-    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     base_name = gguf_cache.default_model()
     tokenizer = causal_tokenizer(base_name)
@@ -183,12 +182,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = args.scratch / "run"
     metrics = train_run(args, data, run)
     uniform = uniform_rank(run, args.scratch / "adapter-uniform-rank")
-    files = {
-        "sora-gguf": export_gguf(run, args.scratch / "sora.gguf"),
-        "uniform-rank-converted": convert(args.converter, uniform, base_name, args.scratch / f"{VARIANTS[1]}.gguf"),
-        "per-module-rank-converted": convert(
-            args.converter, run / "adapter", base_name, args.scratch / f"{VARIANTS[2]}.gguf"
-        ),
+    files = {  # the three GGUF files of the docstring's step 2
+        "sora-gguf": export_gguf(run, args.scratch / "sora-gguf.gguf"),
+        **{
+            name: convert(args.converter, adapter, base_name, args.scratch / f"{name}.gguf")
+            for name, adapter in (("uniform-rank-converted", uniform), ("per-module-rank-converted", run / "adapter"))
+        },
     }
     prompts, references = [], []
     for task in decoder.CHAT_TASKS:
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "prompts": len(prompts),
         "peft": {
-            "exact_match": sum(a == r.strip() for a, r in zip(peft["answers"], references, strict=True)) / len(prompts),
+            "exact_match": _share_equal(peft["answers"], [r.strip() for r in references]),
         },
         "variants": results,
         "versions": {"llama_cpp_python": llama_cpp.__version__, "torch": torch.__version__},

@@ -67,6 +67,11 @@ class Example:
     prompt_length: int | None = None
     reference: str | None = None
 
+    @property
+    def reference_tokens(self) -> int:
+        """How many tokens the reference span has: as many as a greedy generation is given."""
+        return sum(1 for label in self.labels[self.prompt_length :] if label != IGNORE)
+
 
 @dataclass
 class CausalLMData:
@@ -296,11 +301,10 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[Example]) -> 
     rows = []
     for example in prompts:
         ids = torch.tensor([example.input_ids[: example.prompt_length]], device=device)
-        budget = sum(1 for label in example.labels[example.prompt_length :] if label != IGNORE)
         output = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            max_new_tokens=max(budget, 1),
+            max_new_tokens=max(example.reference_tokens, 1),
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
