@@ -331,20 +331,20 @@ class Runner(glue.Runner):
                 "data": self.summary,
                 "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             }
-            print(f"[{glue._now()}] {EXPERIMENT}/{name}: start", flush=True)
+            print(f"[{glue.now()}] {EXPERIMENT}/{name}: start", flush=True)
             try:
                 result = self.zero_shot() if cfg is None else self.tuned(cfg)
             except Exception as e:  # one failed run must not stop the others; a failure is a result, not retried
                 traceback.print_exc()
                 self.failed.append(f"{name}: {type(e).__name__}: {e}")
-                _io.write_json(failed, {**record, "error": f"{type(e).__name__}: {e}", "finished": glue._now()})
+                _io.write_json(failed, {**record, "error": f"{type(e).__name__}: {e}", "finished": glue.now()})
                 return True
-            result = {**result, **record, "finished": glue._now(), "machine": glue.machine(),
+            result = {**result, **record, "finished": glue.now(), "machine": glue.machine(),
                       "loadavg_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
             _io.write_json(path, result)
             self.ran += 1
             scores = ", ".join(f"{task} {_scores_text(s)}" for task, s in result["tasks"].items())
-            print(f"[{glue._now()}] {EXPERIMENT}/{name}: {scores}", flush=True)
+            print(f"[{glue.now()}] {EXPERIMENT}/{name}: {scores}", flush=True)
             return True
         finally:
             lock.unlink(missing_ok=True)
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     glue.quiet_threads(args.threads)
     runner = Runner(args)
     runner.prepare_data()
-    print(f"[{glue._now()}] data in {runner.data}: {json.dumps(runner.summary['records'])}", flush=True)
+    print(f"[{glue.now()}] data in {runner.data}: {json.dumps(runner.summary['records'])}", flush=True)
 
     def step() -> bool:
         complete = runner.run_row(ZERO_SHOT, None)
@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                 complete &= runner.run_row(label, seed)
         return complete
 
-    done = glue._until_done(step, runner)
-    print(f"[{glue._now()}] {EXPERIMENT}: {'complete' if done else 'stopped (budget)'}; ran {runner.ran} runs; "
+    done = glue.until_done(step, runner)
+    print(f"[{glue.now()}] {EXPERIMENT}: {'complete' if done else 'stopped (budget)'}; ran {runner.ran} runs; "
           f"failed: {runner.failed or 'none'}", flush=True)  # fmt: skip
     return 0 if done and not runner.failed else 1
 

@@ -211,7 +211,7 @@ class Budget:
         return self.stop_at is not None and dt.datetime.now(dt.UTC) >= self.stop_at
 
 
-def _now() -> str:
+def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -298,7 +298,7 @@ class Runner:
         self.data_dir = args.data_dir
         self.budget = Budget(args.stop_at)
         self.threads = args.threads
-        self.invocation = f"{_now()}-{os.getpid()}"
+        self.invocation = f"{now()}-{os.getpid()}"
         self.ran = 0
         self.failed: list[str] = []
         self.failed_names: set[str] = set()
@@ -371,7 +371,7 @@ class Runner:
                 task=task, output_dir=str(out), method=train_method(method), data_dir=self.data_dir, r=r, seed=seed,
                 model=MODEL, **settings,
             )  # fmt: skip
-            print(f"[{_now()}] {experiment}/{name}: start", flush=True)
+            print(f"[{now()}] {experiment}/{name}: start", flush=True)
             load = os.getloadavg()
             try:
                 metrics = train(cfg)
@@ -385,7 +385,7 @@ class Runner:
                     "hyperparameters": cfg.hyperparameters(),
                     "task": task,
                     "method": method,
-                    "finished": _now(),
+                    "finished": now(),
                     "live_ranks_log": _live_ranks_log(out / "train_log.jsonl"),
                 }
                 _io.write_json(RESULTS / experiment / "failed" / f"{name}.json", failure)
@@ -397,7 +397,7 @@ class Runner:
                 "command": command_line(cfg, self.threads),
                 "runner": f"python benchmarks/glue.py {experiment}",
                 "invocation": self.invocation,
-                "finished": _now(),
+                "finished": now(),
                 "loadavg_start": [round(x, 2) for x in load],
                 "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                 "machine": machine(),
@@ -408,7 +408,7 @@ class Runner:
             _io.write_json(result_path(experiment, name), result)
             self.ran += 1
             print(
-                f"[{_now()}] {experiment}/{name}: {metrics['eval']} nonzero={metrics['nonzero_params']} "
+                f"[{now()}] {experiment}/{name}: {metrics['eval']} nonzero={metrics['nonzero_params']} "
                 f"train={metrics['train_seconds']}s",
                 flush=True,
             )
@@ -640,7 +640,7 @@ class Runner:
                 resume = (out / "schedule.json").is_file()
                 if out.exists() and not resume:
                     shutil.rmtree(out)
-                print(f"[{_now()}] schedule/{name}: start", flush=True)
+                print(f"[{now()}] schedule/{name}: start", flush=True)
                 error = None
                 try:
                     xis = xi_values(sched["kind"], sched["start"], sched["end"], sched["stages"])
@@ -660,7 +660,7 @@ class Runner:
                 command = command.replace(" --epochs 3", "")
                 saved = json.loads((out / "schedule.json").read_text(encoding="utf-8"))
                 result = {**saved, "command": command, "runner": "python benchmarks/glue.py schedule",
-                          "finished": _now(), "machine": machine(), "lr": lr, "error": error}  # fmt: skip
+                          "finished": now(), "machine": machine(), "lr": lr, "error": error}  # fmt: skip
                 _io.write_json(result_path("schedule", name), result)
                 shutil.copyfile(out / "curves.png", RESULTS / "schedule" / f"{name}_curves.png")
                 self.ran += 1
@@ -715,7 +715,7 @@ def _stop_at(text: str | None) -> dt.datetime | None:
     return now.replace(hour=hour, minute=minute, second=0, microsecond=0)
 
 
-def _until_done(step, runner: Runner, poll: float = 20.0) -> bool:
+def until_done(step, runner: Runner, poll: float = 20.0) -> bool:
     """Repeat ``step`` (which skips finished and busy runs) until it completes or the budget ends."""
     while True:
         if step():
@@ -793,10 +793,10 @@ def main(argv: list[str] | None = None) -> int:
             plan.append((experiment, getattr(runner, experiment)))
     complete = True
     for experiment, step in plan:
-        done = _until_done(step, runner)
-        print(f"[{_now()}] {experiment}: {'complete' if done else 'stopped (budget)'}", flush=True)
+        done = until_done(step, runner)
+        print(f"[{now()}] {experiment}: {'complete' if done else 'stopped (budget)'}", flush=True)
         complete &= done
-    print(f"[{_now()}] ran {runner.ran} runs; failed: {runner.failed or 'none'}", flush=True)
+    print(f"[{now()}] ran {runner.ran} runs; failed: {runner.failed or 'none'}", flush=True)
     return 0 if complete and not runner.failed else 1
 
 

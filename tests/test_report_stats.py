@@ -12,6 +12,7 @@ from conftest import load_benchmark
 
 load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the script does
 
+import glue  # noqa: E402
 from report import stats  # noqa: E402
 from report.load import Machine  # noqa: E402
 from report.sections import equal, machine  # noqa: E402
@@ -125,3 +126,37 @@ def test_machine_line_comes_from_the_results():
     assert "(7 result files); 2 CPU cores (Intel(R) Xeon(R) Processor), no GPU; " in two
     assert two.endswith("(5 result files). The machines were shared with other developers' jobs (1-minute load "
                         "average 1.0-1.0 at the start of the runs).")  # fmt: skip
+
+
+def _run(task: str, method: str, r: int, seed: int, score: float) -> tuple[str, dict]:
+    result = {"task": task, "method": method, "seed": seed, "hyperparameters": {"r": r}}
+    return glue.run_name(task, method, r, seed), {**result, "eval": {"m": score / 100}, "primary_metric": "m"}
+
+
+def test_factors_name_each_factor_by_its_paired_gaps():
+    """Allocation (learned vs N(0, 1) at 50%), scale (LoRA r=4 alpha 8 vs 16) and training (learned vs LoRA alpha 8),
+    on runs built so that the learned allocation is 3 points ahead, the scale changes nothing and LoRA alpha 8 is 3
+    points ahead of the learned SoRA: each line and the closing sentence say so."""
+    offsets = {"sora-budget50": 0.0, "sora-budget50-const-contribution": 3.0, "lora": 6.0, "lora-alpha8": 6.0}
+    ranks = {"sora-budget50": 8, "sora-budget50-const-contribution": 8, "lora": 4, "lora-alpha8": 4}
+    runs = dict(
+        # LoRA alpha 16's seed 0 is 0.3 above alpha 8 on every other task, 0.3 below on the rest: noise
+        _run(task, method, ranks[method], seed, 70 + offset + 0.3 * (-1) ** i * (method == "lora" and seed == 0))
+        for i, task in enumerate(glue.DEFAULTS_SAMPLES)
+        for method, offset in offsets.items()
+        for seed in glue.SEEDS
+    )
+    text = equal.factors(runs)
+    lines = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- **")}
+    assert set(lines) == {"Allocation", "Scale", "Training (allocation learned, size and scale matched)"}
+    assert "+3.0 ± 0.0 (ahead, 3 seeds)" in lines["Allocation"] and "ahead in 5," in lines["Allocation"]
+    assert "within noise in 5" in lines["Scale"]
+    assert "-3.0 ± 0.0 (behind, 3 seeds)" in lines["Training (allocation learned, size and scale matched)"]
+    closing = text.split("**Allocation, scale, training**, where every task has every seed: ")[1]
+    assert closing.startswith("allocation: ") and "beats" in closing.split(";")[0]
+    assert "scale: " in closing and "is level with" in closing.split(";")[1]
+    assert "training: " in closing and "is behind" in closing.split(";")[2]
+
+
+def test_factors_wait_for_runs():
+    assert equal.factors({}) == ""

@@ -76,6 +76,18 @@ class Tally:
             return "trails"
         return "level"
 
+    def says(self, rival: str) -> str:
+        """The outcome in words, against ``rival``: "beats LoRA", "is level with LoRA within noise", ..."""
+        return _OUTCOME[self.outcome].format(name=rival)
+
+
+_OUTCOME = {
+    "beats": "beats {name}",
+    "behind": "is behind {name}",
+    "trails": "trails {name} (every mean below, most gaps within noise)",
+    "level": "is level with {name} within noise",
+}
+
 
 def tally(diffs: list[list[float]]) -> Tally:
     """The Tally of task comparisons, each a list of per-seed paired differences."""

@@ -17,7 +17,6 @@ import decoder
 from ..load import DECODER, Results, Runs
 from ..markdown import fmt_params, rel, table
 from ..stats import NOISE_NOTE, Tally, differences, gap_text, mean_std, tally
-from .equal import OUTCOME
 
 FIGURES = DECODER / "figures"
 TASK_NAMES = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC", decoder.TEXT_TASK: "SST-2 text"}
@@ -229,7 +228,7 @@ def verdict(runs: Runs) -> str:
     t: dict[str, Tally] = {key: tally(g) for key, g in gaps.items()}
 
     def says(key: str, rival: str) -> str:
-        return OUTCOME[t[key].outcome].format(name=rival)
+        return t[key].says(rival)
 
     n = len(decoder.TASKS)
     head = (

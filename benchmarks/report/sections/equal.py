@@ -148,7 +148,7 @@ def factors(runs: Runs) -> str:
                     f"{t.ahead}, within noise in {t.within}, behind in {t.behind}, mean below 0 in {t.below}."
                 )
                 if all(len(d) >= len(glue.SEEDS) for d in found[1]) and t.comparisons == len(glue.DEFAULTS_SAMPLES):
-                    verb = OUTCOME[t.outcome].format(name=equal_name(*b))
+                    verb = t.says(equal_name(*b))
                     reading.append(
                         f"{factor.split()[0].lower()}: {equal_name(*a)} {verb} (mean above in "
                         f"{t.comparisons - t.below} of {t.comparisons} tasks)"
@@ -192,7 +192,7 @@ def verdict(
             f"against {name} ({t.comparisons} task comparisons) SoRA is ahead in {t.ahead}, within noise in "
             f"{t.within} and behind in {t.behind} (mean below {name}'s in {t.below})"
         )
-        outcome.append(OUTCOME[t.outcome].format(name=name))
+        outcome.append(t.says(name))
     shares = " and ".join(f"{100 * BUDGETS[label]:.0f}%" for label in complete)
     held = all(t.outcome == "beats" for t in tallies.values())
     reading = "; ".join(parts)
@@ -201,15 +201,6 @@ def verdict(
         f"{claim}: {'holds' if held else 'not reproduced'} here.** {reading[0].upper()}{reading[1:]}. At {shares} of "
         f"LoRA r={glue.RANK}'s parameters, SoRA {' and '.join(outcome)}.{later}"
     )
-
-
-# The verdict rule's outcome against a rival (stats.Tally.outcome) in words
-OUTCOME = {
-    "beats": "beats {name}",
-    "behind": "is behind {name}",
-    "trails": "trails {name} (every mean below, most gaps within noise)",
-    "level": "is level with {name} within noise",
-}
 
 
 EQUAL_READING = (
