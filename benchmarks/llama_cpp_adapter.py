@@ -8,9 +8,9 @@ archive holds::
     pip download llama-cpp-python==0.3.36 --no-deps --no-binary :all: -d /tmp/llamacpp
     pip install /tmp/llamacpp/llama_cpp_python-0.3.36.tar.gz        # the build
     tar xzf /tmp/llamacpp/llama_cpp_python-0.3.36.tar.gz -C /tmp/llamacpp
-    python benchmarks/llama_cpp.py \\
+    python benchmarks/llama_cpp_adapter.py \\
         --converter /tmp/llamacpp/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_lora_to_gguf.py \\
-        --output benchmarks/results/llama_cpp.json
+        --output benchmarks/results/llama_cpp_adapter.json
 
 What it does:
 
@@ -47,6 +47,7 @@ import glue  # machine(), the GLUE folder default
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCRATCH = "/tmp/sora-bench/llama_cpp"
+# (this script is not called llama_cpp.py: on sys.path first, it would hide the llama_cpp package)
 
 
 def train_run(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]:
@@ -204,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{variant}: {json.dumps(results[variant])}", flush=True)
     ranks = list(metrics["ranks"].values())
     result = {
-        "benchmark": "llama_cpp",
-        "command": " ".join(["python benchmarks/llama_cpp.py", *(argv if argv is not None else sys.argv[1:])]),
+        "benchmark": "llama_cpp_adapter",
+        "command": " ".join(["python benchmarks/llama_cpp_adapter.py", *(argv if argv is not None else sys.argv[1:])]),
         "what": __doc__.split("\n\n")[0],
         "run": {
             "target_ratio": args.target_ratio,
