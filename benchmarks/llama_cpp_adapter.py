@@ -104,9 +104,9 @@ def llama_side(model_path: Path, lora_path: Path | None, prompts: list, threads:
     import torch
     from llama_cpp import Llama
 
-    llm = Llama(
+    llm = Llama(  # logits_all: without it, eval() keeps no logits in `scores` (llama-cpp-python 0.3)
         model_path=str(model_path), lora_path=None if lora_path is None else str(lora_path), n_ctx=512,
-        n_threads=threads, seed=0, verbose=False,
+        n_threads=threads, seed=0, verbose=False, logits_all=True,
     )  # fmt: skip
     logits, answers = [], []
     for p in prompts:
@@ -114,6 +114,8 @@ def llama_side(model_path: Path, lora_path: Path | None, prompts: list, threads:
         llm.reset()
         llm.eval(tokens)
         logits.append(torch.from_numpy(np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)))
+        if not logits[-1].any():
+            raise SystemExit(f"llama.cpp gave no logits for a prompt of {len(tokens)} tokens")
         llm.reset()
         out = llm.create_completion(tokens, max_tokens=max(p.reference_tokens, 1), temperature=0.0, top_k=1)
         answers.append(out["choices"][0]["text"].strip())
