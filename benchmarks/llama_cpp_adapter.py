@@ -1,8 +1,8 @@
 """A real llama.cpp run of a SoRA adapter (through ``llama-cpp-python``), against PEFT on the same prompts.
 
-Status: written, not yet run (the llama-cpp-python build did not finish beside the GLUE runs of the session that
-wrote it); no result is committed. Not part of CI: ``llama-cpp-python`` builds llama.cpp from source (10-30 minutes
-on 2 cores), and the comparison wants llama.cpp's own converter, ``convert_lora_to_gguf.py``, which its source
+Result: ``benchmarks/results/llama_cpp_adapter.json`` (docs/servers.md reads it). Not part of CI:
+``llama-cpp-python`` builds llama.cpp from source (10-30 minutes on 2 cores), and the comparison wants llama.cpp's
+own converter, ``convert_lora_to_gguf.py`` (with the ``conversion`` package beside it), which its source
 archive holds::
 
     pip download llama-cpp-python==0.3.36 --no-deps --no-binary :all: -d /tmp/llamacpp
