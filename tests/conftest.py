@@ -1,8 +1,11 @@
-"""Shared fixtures: the embedded MiniLM, small random models of four families, the GLUE folder."""
+"""Shared fixtures: the embedded MiniLM, the embedded decoder (converted once per session into a temp ``$SORA_CACHE``),
+small random models of four families, the GLUE folder."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -28,6 +31,7 @@ from transformers import (
 )
 
 import sora
+from sora.tasks import gguf_cache
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -63,6 +67,25 @@ def glue_dir() -> Path:
     if not (GLUE_DIR / "RTE" / "train.tsv").is_file():
         pytest.fail(f"GLUE data not found at {GLUE_DIR}: set GLUE_DIR")
     return GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """``$SORA_CACHE`` for the session: a temp folder, never the user's cache."""
+    folder = tmp_path_factory.mktemp("sora-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(gguf_cache.CACHE_ENV, str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="session")
+def embedded(cache) -> tuple[Path, str]:
+    """The embedded decoder (SmolLM2-135M-Instruct), converted once for the session (~40 s on 2 cores) whichever test
+    file asks first, and what the conversion printed (stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        folder = Path(gguf_cache.default_model())
+    return folder, err.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,14 @@
 """GGUF base models: the embedded SmolLM2-135M-Instruct as causal-lm's default model and any local ``.gguf`` file as
 ``--model``, each converted once into a cached safetensors folder; bad GGUF files are one line, nothing written.
 
-The cache is a temp folder (``$SORA_CACHE``) shared by the whole session, so the real file converts once (~40 s on a
-2-core machine); the other GGUF files are tiny random Llamas written here with the ``gguf`` package.
+The cache is a temp folder (``$SORA_CACHE``: conftest's ``cache`` fixture) shared by the whole session, so the real
+file converts once (~40 s on a 2-core machine; conftest's ``embedded`` fixture, which tests/test_qlora_4bit.py uses
+too); the other GGUF files are tiny random Llamas written here with the ``gguf`` package.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import io
 import json
 import os
 import threading
@@ -27,24 +26,6 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    """``$SORA_CACHE`` for the session: a temp folder, never the user's cache."""
-    folder = tmp_path_factory.mktemp("sora-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(gguf_cache.CACHE_ENV, str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="session")
-def embedded(cache) -> tuple[Path, str]:
-    """The embedded decoder, converted once for the session, and what the conversion printed (stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        folder = Path(gguf_cache.default_model())
-    return folder, err.getvalue()
 
 
 def _byte_level_alphabet() -> list[str]:

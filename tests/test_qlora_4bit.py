@@ -1,6 +1,7 @@
 """--load-in-4bit (QLoRA: an NF4 base, bitsandbytes on the CPU): SoRA's gate on PEFT's 4-bit LoRA layers, training,
 export and reloading onto the 4-bit and the full-precision base, merging, the CLI, bad input, and the quieting of
-bitsandbytes' import-time warning. Skipped where bitsandbytes is not installed (CI installs it: the dev extra)."""
+bitsandbytes' import-time warning; a short run on the embedded decoder (SmolLM2-135M-Instruct in NF4) that learns.
+Skipped where bitsandbytes is not installed (CI installs it: the dev extra)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sora.data import TaskSpec
 from sora.layer import GatedLinear, gate_parameters, lora_layers
 from sora.run_config import TrainConfig
 from sora.tasks import EvalOptions, task_family
-from sora.tasks.causal_lm import load_model
+from sora.tasks.causal_lm import causal_tokenizer, load_model, masked_loss, read_examples, to_dataset
 from sora.tasks.classification import load_classifier
 from sora.trainer import build
 
@@ -263,3 +264,73 @@ def test_4bit_a_plain_sora_command_prints_nothing_of_bitsandbytes():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and "--load-in-4bit" in result.stdout
     assert "kernels" not in result.stderr + result.stdout, result.stderr
+
+
+# the embedded decoder in 4 bits: a short run learns
+
+SENTIMENT = [  # one-word answers; the system turn keeps SmolLM2's template from adding its long default one
+    ("I loved this film.", "positive"),
+    ("What a waste of time.", "negative"),
+    ("A joy from start to end.", "positive"),
+    ("The plot was dull and slow.", "negative"),
+    ("Great acting and a fine story.", "positive"),
+    ("I hated every minute.", "negative"),
+    ("A warm and funny movie.", "positive"),
+    ("Boring, long and badly made.", "negative"),
+]
+SENTIMENT_DEV = [
+    ("A wonderful, moving film.", "positive"),
+    ("Terrible jokes and a weak plot.", "negative"),
+    ("I enjoyed it a lot.", "positive"),
+    ("An awful mess.", "negative"),
+]
+
+
+def _sentiment_file(path, rows):
+    records = [
+        {
+            "messages": [
+                {"role": "system", "content": "Answer with one word."},
+                {"role": "user", "content": f"Positive or negative? {sentence}"},
+                {"role": "assistant", "content": answer},
+            ]
+        }
+        for sentence, answer in rows
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_4bit_sora_on_the_embedded_decoder_learns(embedded, tmp_path):
+    """`sora train --task causal-lm --method sora --load-in-4bit` with no --model: 4 steps on 8 chat records. The
+    validation loss (answer and end-of-turn tokens) of the exported adapter on the NF4 base falls well below the
+    untuned NF4 base's on the same records, scored the same way (``masked_loss``); the adapter also loads with plain
+    PEFT onto the full-precision decoder. ~20 s on a shared 2-core machine, once the decoder is converted."""
+    folder, _ = embedded
+    train = _sentiment_file(tmp_path / "train.jsonl", SENTIMENT)
+    dev = _sentiment_file(tmp_path / "dev.jsonl", SENTIMENT_DEV)
+    out = tmp_path / "run"
+    args = ["train", "--task", "causal-lm", "--method", "sora", "--load-in-4bit", "--train-file", str(train),
+            "--validation-file", str(dev), "--output-dir", str(out), "--r", "4", "--batch-size", "4", "--epochs", "2",
+            "--max-seq-length", "64"]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # faster on a shared 2-core machine than 2 contended threads
+    try:
+        assert main(args) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["model"] == str(folder) and metrics["hyperparameters"]["load_in_4bit"] is True
+        tuned = metrics["eval"]["loss"]  # the exported adapter, loaded onto a fresh NF4 base
+
+        tokenizer = causal_tokenizer(str(folder))
+        records = to_dataset(read_examples(dev, tokenizer, 64))
+        base_4bit = load_model(str(folder), tokenizer, load_in_4bit=True)  # as the run loads it
+        base = masked_loss(base_4bit, tokenizer, records, 4)["loss"]
+        assert tuned < 0.5 * base, (tuned, base)  # here 0.33 against 3.52
+
+        full = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), str(out / "adapter"))
+        tuned_full = masked_loss(full, tokenizer, records, 4)["loss"]
+        with full.disable_adapter():
+            base_full = masked_loss(full, tokenizer, records, 4)["loss"]
+        assert tuned_full < 0.5 * base_full, (tuned_full, base_full)  # here 0.53 against 2.63
+    finally:
+        torch.set_num_threads(threads)

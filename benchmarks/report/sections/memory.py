@@ -1,5 +1,6 @@
 """## Memory: benchmarks/memory.py's CPU runs. Per process, the full-precision base against the 4-bit base
-(``--compare 4bit``), 2 DDP processes against 2 FSDP2 ones (``--compare fsdp``), and RSS over the epochs of one run."""
+(``--compare 4bit``: the embedded MiniLM-L6 on SST-2, and the embedded decoder on chat records, ``--task causal-lm``),
+2 DDP processes against 2 FSDP2 ones (``--compare fsdp``), and RSS over the epochs of one run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from ..load import RESULTS, ROOT, Results, read_json
 from ..markdown import TASK_NAMES, table
 from .overhead import render_generic
 
+MIB = 1024 * 1024
+
 QUANT = RESULTS / "memory_4bit_cpu.json"
+QUANT_DECODER = RESULTS / "memory_4bit_decoder_cpu.json"
 SHARDED = RESULTS / "memory_fsdp_cpu.json"
 EPOCHS = RESULTS / "memory_cpu.json"
 
@@ -19,14 +23,30 @@ def _mib(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
+def _data(s: dict[str, Any]) -> str:
+    """What one training step reads, and what is scored."""
+    batch, task = s.get("batch_size_per_process"), s.get("task")
+    if task != "causal-lm":
+        examples = f"{batch} {TASK_NAMES.get(task, task)} examples per process"
+        return f"{examples} (seq {s.get('max_seq_length')}, 1 epoch, {s.get('eval_samples')} dev examples scored)"
+    records = s.get("records", {})
+    tokens = records.get("tokens_per_record", {}).get("train", {})
+    length = f", {tokens['min']}-{tokens['max']} tokens, median {tokens['median']:.0f}" if tokens else ""
+    return (
+        f"{batch} records per process, benchmarks/decoder.py's chat and text records (its `build_data`: SST-2, RTE "
+        f"and MRPC questions with a one-word answer, SST-2 sentences as text{length}; no record longer than seq "
+        f"{s.get('max_seq_length')} drawn, so none truncated; 1 epoch, {s.get('eval_samples')} validation records "
+        "scored)"
+    )
+
+
 def _head(d: dict[str, Any], path: Path) -> str:
     """Where the numbers come from: the file, the command, the settings and the machine."""
     s, m = d.get("settings", {}), d.get("machine", {})
     threads = s.get("omp_num_threads")
     return (
-        f"Rendered from `{path.relative_to(ROOT).as_posix()}`: {s.get('steps')} training steps of "
-        f"{s.get('batch_size_per_process')} {TASK_NAMES.get(s.get('task'), s.get('task'))} examples per process (seq "
-        f"{s.get('max_seq_length')}, 1 epoch, {s.get('eval_samples')} dev examples scored), the embedded MiniLM-L6, "
+        f"Rendered from `{path.relative_to(ROOT).as_posix()}`: {s.get('steps')} training steps of {_data(s)}, "
+        f"the {s.get('model', 'embedded MiniLM-L6')}, "
         f"{threads} thread{'' if threads == 1 else 's'} per process; {m.get('cpu')}, {m.get('nproc')} cores "
         f"(shared, load average {(m.get('loadavg') or ['?'])[0]}), torch {m.get('torch')}, "
         f"bitsandbytes {m.get('bitsandbytes')}.\n\n"
@@ -58,35 +78,79 @@ def quant_text(d: dict[str, Any], path: Path) -> str:
         "last step; the frozen base counts the NF4 weights with their quantization constants (absmax, double "
         "quantization, code tables). The same `sora train` command line each, `--load-in-4bit` added (below)."
     )
-    full, quant = results.get("sora-fp32"), results.get("sora-4bit")
-    if full and quant:
-        f, q = full["processes"][0], quant["processes"][0]
-        nf4, as_fp32 = (
-            q["base_4bit_mib"],
-            q.get("base_4bit_as_fp32_mib") or (f["frozen_base_mib"] - q["base_full_precision_mib"]),
-        )
-        delta = q["peak_rss_training_mib"] - f["peak_rss_training_mib"]
-        loaded = (q.get("peak_rss_loaded_mib") or 0) - (f.get("peak_rss_loaded_mib") or 0)
-        text += (
-            f"\n\n**What it shows.** The linear layers' weights in NF4 take {nf4:.2f} MiB against {as_fp32:.2f} MiB "
-            f"in fp32 (1/{as_fp32 / nf4:.1f}, constants included). The frozen base as a whole only goes from "
-            f"{f['frozen_base_mib']:.1f} to {q['frozen_base_mib']:.1f} MiB "
-            f"({100 * (q['frozen_base_mib'] / f['frozen_base_mib'] - 1):+.0f}%): MiniLM-L6's word embeddings (30,522 "
-            "x 384), the norms and the biases stay in fp32 (the embeddings are about half of its parameters). "
-            "Adapter, head, gradients and optimizer state are the same on both bases, and the same for LoRA and SoRA "
-            f"(SoRA's gates add {_adapter_bytes(full) - _adapter_bytes(results.get('lora-fp32', full)):,} bytes). "
-            "Peak RSS does not follow the tensors: about "
-            f"{f.get('rss_after_imports_mib', 0):.0f} MiB of it is the runtime after its imports (Python, torch, "
-            "transformers, PEFT, bitsandbytes), and the rest is set by transients (not measured one by one): "
-            "loading (the 4-bit base is read from the fp32 checkpoint and quantized as it loads), activations, and on "
-            "the 4-bit base bitsandbytes' dequantized fp32 weights in the forward and backward passes. So on a model "
-            "this small the 4-bit "
-            f"process peaks {abs(loaded):.0f} MiB {'higher' if loaded > 0 else 'lower'} once loaded and "
-            f"{abs(delta):.0f} MiB {'higher' if delta > 0 else 'lower'} after the steps. On a base whose weights "
-            "dominate the process (a 7B model: about 26 GiB in fp32) the resident-weight saving is what counts."
-        )
+    text += _what_4bit(results)
     commands = "\n".join(f"{r['sora_command']}" for r in results.values())
     return text + f"\n\nThe measured commands (each under `benchmarks/memory.py --probe`):\n\n```bash\n{commands}\n```"
+
+
+def _what_4bit(results: dict[str, Any]) -> str:
+    """The paragraph under a 4-bit table, from its numbers (SoRA on either base; LoRA for the gates' bytes)."""
+    full, quant = results.get("sora-fp32"), results.get("sora-4bit")
+    if not (full and quant):
+        return ""
+    f, q = full["processes"][0], quant["processes"][0]
+    nf4 = q["base_4bit_mib"]
+    as_fp32 = q.get("base_4bit_as_fp32_mib") or (f["frozen_base_mib"] - q["base_full_precision_mib"])
+    kept = q["base_full_precision_mib"]
+    text = (
+        f"\n\n**What it shows.** The linear layers' weights in NF4 take {nf4:.2f} MiB against {as_fp32:.2f} MiB in "
+        f"fp32 (1/{as_fp32 / nf4:.1f}, constants included). The frozen base as a whole goes from "
+        f"{f['frozen_base_mib']:.1f} to {q['frozen_base_mib']:.1f} MiB "
+        f"({100 * (q['frozen_base_mib'] / f['frozen_base_mib'] - 1):+.0f}%): what is not a quantized linear layer "
+        f"stays in fp32, {kept:.1f} MiB, {100 * kept / f['frozen_base_mib']:.0f}% of the fp32 base"
+    )
+    embeddings = quant["raw"][0]["after_training_steps"].get("embeddings")  # recorded since the decoder's rows
+    if embeddings:
+        size = sum(e["bytes"] for e in embeddings) / MIB
+        names = "; ".join(
+            f"`{e['name']}` {' x '.join(f'{n:,}' for n in e['shape'])}"
+            + (f", tied to `{'`, `'.join(e['tied_to'])}`" if e["tied_to"] else "")
+            for e in embeddings
+        )
+        text += (
+            f": the embeddings, {size:.1f} MiB of it ({names}), and {kept - size:.2f} MiB of norms and of the linear "
+            "layers' biases, if any."
+        )
+    else:
+        text += ": the embeddings, the norms and the linear layers' biases."
+    parts = ("adapter_mib", "head_mib", "gradients_mib", "optimizer_state_mib")
+    head = f"and the head {f['head_mib']:.2f} MiB" if f["head_mib"] else "alone: the LM head stays frozen"
+    text += (
+        f" The trainable tensors (the adapter {f['adapter_mib']:.2f} MiB {head}), their gradients and the optimizer "
+        f"state are {'the same' if all(f[k] == q[k] for k in parts) else 'not the same'} on both bases"
+    )
+    lora = results.get("lora-fp32")
+    text += (
+        f", and SoRA's adapter is LoRA's plus its gates ({_adapter_bytes(full) - _adapter_bytes(lora):,} bytes)."
+        if lora
+        else "."
+    )
+    loaded = (q.get("peak_rss_loaded_mib") or 0) - (f.get("peak_rss_loaded_mib") or 0)
+    delta = q["peak_rss_training_mib"] - f["peak_rss_training_mib"]
+    saved = f["frozen_base_mib"] - q["frozen_base_mib"]
+    text += (
+        f" Against the {saved:,.0f} MiB that the frozen base saves, the 4-bit process peaks {abs(loaded):,.0f} MiB "
+        f"{'higher' if loaded > 0 else 'lower'} once loaded and {abs(delta):,.0f} MiB "
+        f"{'higher' if delta > 0 else 'lower'} after the steps. About {f.get('rss_after_imports_mib', 0):.0f} MiB of "
+        "every peak is the runtime after its imports (Python, torch, transformers, PEFT, bitsandbytes), and the rest "
+        "is set by transients (not measured one by one): loading (the 4-bit base is read from the fp32 checkpoint "
+        "and quantized as it loads), activations, and on the 4-bit base bitsandbytes' dequantized fp32 weights in "
+        f"the forward and backward passes; the steps raise the peak by {_steps(f):,.0f} MiB on the fp32 base and "
+        f"{_steps(q):,.0f} MiB on the 4-bit one. "
+    )
+    if delta > 0:
+        text += "On a model this small the transients outweigh the resident saving."
+    else:
+        text += f"The peak after the steps falls by {100 * -delta / saved:.0f}% of the resident saving."
+    return text + (
+        " On a base whose weights dominate the process (a 7B model: about 26 GiB in fp32) the resident-weight saving "
+        "is what counts."
+    )
+
+
+def _steps(p: dict[str, Any]) -> float:
+    """How much the training steps raise a process's peak RSS above its peak once loaded."""
+    return p["peak_rss_training_mib"] - (p.get("peak_rss_loaded_mib") or p["peak_rss_training_mib"])
 
 
 def sharded_text(d: dict[str, Any], path: Path) -> str:
@@ -152,11 +216,13 @@ def render(res: Results) -> str:
         "inside real `sora train` runs (`benchmarks/memory.py`). GPU memory (`torch.cuda.max_memory_allocated`) "
         "was not measured: no GPU was lent.\n",
     ]
-    if (d := read_json(QUANT)) is not None:
-        heading = "### Full-precision base against the 4-bit base (`--load-in-4bit`)\n\n"
-        out.append(heading + quant_text(d, QUANT) + "\n")
-    else:
-        out.append(f"4-bit base: not measured (`python benchmarks/memory.py --compare 4bit --output {_rel(QUANT)}`).\n")
+    for path, model, extra in ((QUANT, "MiniLM-L6", ""), (QUANT_DECODER, "the embedded decoder", " --task causal-lm")):
+        if (d := read_json(path)) is not None:
+            heading = f"### Full-precision base against the 4-bit base (`--load-in-4bit`): {model}\n\n"
+            out.append(heading + quant_text(d, path) + "\n")
+        else:
+            command = f"python benchmarks/memory.py --compare 4bit{extra} --output {_rel(path)}"
+            out.append(f"4-bit base, {model}: not measured (`{command}`).\n")
     if (d := read_json(SHARDED)) is not None:
         heading = "### 2 DDP processes against 2 sharded ones (`--fsdp`, FSDP2)\n\n"
         out.append(heading + sharded_text(d, SHARDED) + "\n")
