@@ -15,6 +15,7 @@ load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the s
 import glue  # noqa: E402
 from report import stats  # noqa: E402
 from report.load import Machine  # noqa: E402
+from report.markdown import rank_pattern  # noqa: E402
 from report.sections import equal, machine  # noqa: E402
 
 AHEAD, WITHIN, BEHIND = [2.0, 3.0, 4.0], [1.0, 2.0, 3.0], [-4.0, -3.0, -2.0]
@@ -160,3 +161,16 @@ def test_factors_name_each_factor_by_its_paired_gaps():
 
 def test_factors_wait_for_runs():
     assert equal.factors({}) == ""
+
+
+def test_rank_pattern_names_types_by_their_shortest_unique_suffix():
+    """MiniLM's three `dense` types keep enough of their names to stay apart; the means per type and per third of
+    the depth are those of the ranks given."""
+    types = {"attention.self.query": 2, "attention.output.dense": 4, "intermediate.dense": 8, "output.dense": 0}
+    ranks = {f"bert.encoder.layer.{i}.{mtype}": rank + (i == 2) for i in range(3) for mtype, rank in types.items()}
+    text = rank_pattern("x", ranks)
+    assert text.startswith(
+        "x: mean live rank per module type query 2.3, attention.output.dense 4.3, intermediate.dense 8.3, "
+        "output.dense 0.3 (most in intermediate.dense, least in output.dense); per third of the depth: "
+    )
+    assert text.endswith("layers 0-0 3.5, layers 1-1 3.5, layers 2-2 4.5.")

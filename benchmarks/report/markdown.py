@@ -66,3 +66,34 @@ def trace_text(r: dict[str, Any]) -> str:
         f"the first quarter, {log[-1][1]:.2f} at the end, median gradient norm in the second half "
         f"{statistics.median(g for _, _, g in log[len(log) // 2 :]):.2f}"
     )
+
+
+def rank_pattern(name: str, ranks: dict[str, int]) -> str:
+    """Where a run keeps its ranks: the mean live rank per module type and per third of the layers."""
+    from sora.analysis import parse_module_name
+
+    cells = [(*parse_module_name(module), rank) for module, rank in ranks.items()]
+    full = list(dict.fromkeys(t for _, t, _ in cells))
+
+    def short(mtype: str) -> str:
+        """The shortest dotted suffix that no other type ends with: `key`, `intermediate.dense`."""
+        parts = mtype.split(".")
+        for k in range(1, len(parts)):
+            suffix = ".".join(parts[-k:])
+            if not any(f != mtype and (f == suffix or f.endswith("." + suffix)) for f in full):
+                return suffix
+        return mtype
+
+    types = {short(mtype): statistics.fmean(v for _, t, v in cells if t == mtype) for mtype in full}
+    layers = sorted({layer for layer, _, _ in cells if layer is not None})
+    thirds = [layers[i * len(layers) // 3 : (i + 1) * len(layers) // 3] for i in range(3)]
+    parts = {f"layers {p[0]}-{p[-1]}": statistics.fmean(v for layer, _, v in cells if layer in p) for p in thirds if p}
+    most, least = max(types, key=types.get), min(types, key=types.get)
+    spread = f"most in {most}, least in {least}" if types[most] > types[least] else "the same in every type"
+    return (
+        f"{name}: mean live rank per module type "
+        + ", ".join(f"{t} {m:.1f}" for t, m in types.items())
+        + f" ({spread}); per third of the depth: "
+        + ", ".join(f"{k} {m:.1f}" for k, m in parts.items())
+        + "."
+    )

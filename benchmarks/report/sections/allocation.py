@@ -14,7 +14,7 @@ from pathlib import Path
 import glue
 
 from ..load import FIGURES, Results, Runs, score
-from ..markdown import TASK_NAMES, rel, table
+from ..markdown import TASK_NAMES, rank_pattern, rel, table
 
 LABELS = {
     "sora-randn": "N(0, 1) gates (default)",
@@ -95,15 +95,18 @@ def _figure(summary: dict[str, list[tuple[float, float]]], path: Path) -> Path:
 
 
 def _heatmaps(variants: dict[str, list[dict]], labels: list[str], out_dir: Path) -> str:
-    """The rank heatmaps (first run) of ``labels``, side by side."""
+    """The rank heatmaps (first run) of ``labels``, side by side, and the pattern each shows."""
     from sora.analysis import plot_rank_heatmap
 
-    cells = []
+    cells, names, patterns = [], [], []
     for label in labels:
+        name, ranks = LABELS.get(label, label), variants[label][0]["ranks"]
         path = FIGURES / f"ranks_allocation_{label}.png"
-        plot_rank_heatmap(variants[label][0]["ranks"], glue.RANK, path, title=f"{LABELS.get(label, label)}: ranks")
-        cells.append(f"![{LABELS.get(label, label)}]({rel(path, out_dir)})")
-    return table([LABELS.get(label, label) for label in labels], [cells], "l" * len(labels))
+        plot_rank_heatmap(ranks, glue.RANK, path, title=f"{name}: ranks")
+        cells.append(f"![{name}]({rel(path, out_dir)})")
+        names.append(name)
+        patterns.append(rank_pattern(name, ranks))
+    return table(names, [cells], "l" * len(labels)) + "\n\n" + " ".join(patterns)
 
 
 def _pct(share: tuple[float, float]) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import decoder
 
 from ..load import DECODER, Results, Runs
-from ..markdown import fmt_params, rel, table
+from ..markdown import fmt_params, rank_pattern, rel, table
 from ..stats import NOISE_NOTE, Tally, differences, gap_text, mean_std, tally
 
 FIGURES = DECODER / "figures"
@@ -300,29 +300,6 @@ def answers_text(runs: Runs) -> str:
     )
 
 
-def pattern_text(name: str, ranks: dict[str, int]) -> str:
-    """Where a run keeps its ranks: the mean live rank per module type and per third of the layers."""
-    from sora.analysis import parse_module_name
-
-    cells = [(*parse_module_name(module), rank) for module, rank in ranks.items()]
-    types = {
-        mtype.rsplit(".", 1)[-1]: statistics.fmean(v for _, t, v in cells if t == mtype)
-        for mtype in dict.fromkeys(t for _, t, _ in cells)
-    }
-    layers = sorted({layer for layer, _, _ in cells if layer is not None})
-    thirds = [layers[i * len(layers) // 3 : (i + 1) * len(layers) // 3] for i in range(3)]
-    parts = {f"layers {p[0]}-{p[-1]}": statistics.fmean(v for layer, _, v in cells if layer in p) for p in thirds if p}
-    most, least = max(types, key=types.get), min(types, key=types.get)
-    spread = f"most in {most}, least in {least}" if types[most] > types[least] else "the same in every type"
-    return (
-        f"{name}: mean live rank per module type "
-        + ", ".join(f"{t} {m:.1f}" for t, m in types.items())
-        + f" ({spread}); per third of the depth: "
-        + ", ".join(f"{k} {m:.1f}" for k, m in parts.items())
-        + "."
-    )
-
-
 def heatmaps(runs: Runs, out_dir: Path, figures: Path) -> str:
     """The rank heatmaps of the first run of each budgeted SoRA row side by side (drawn to ``figures``), and the
     pattern each shows."""
@@ -345,7 +322,7 @@ def heatmaps(runs: Runs, out_dir: Path, figures: Path) -> str:
         "SoRA row:\n\n"
         + table(names, [cells], "l" * len(names))
         + "\n\n"
-        + " ".join(pattern_text(name, r["ranks"]) for name, r in zip(names, firsts, strict=True))
+        + " ".join(rank_pattern(name, r["ranks"]) for name, r in zip(names, firsts, strict=True))
     )
 
 
