@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import llama, word_tokenizer
 from safetensors.torch import load_file
 from test_distributed import COMMON, GLOBAL_BATCH, MODULES, R_MAX, WORLD, XI
 from test_faults import _assert_same_run, _complete
@@ -109,6 +110,32 @@ def test_fsdp_loss_and_dev_metrics_match_one_process(runs):
     got, want = _metrics(runs["fsdp"]), _metrics(runs["single"])
     assert got["eval"] == want["eval"] and got["eval_final"] == want["eval_final"]
     assert got["best_checkpoint"].rsplit("-", 1)[1] == want["best_checkpoint"].rsplit("-", 1)[1]
+
+
+def test_fsdp_trains_a_decoder_as_one_process_does(tmp_path):
+    """`--task causal-lm --fsdp` on a tiny random Llama (the decoder layers are the FSDP2 units): 8 chat records, one
+    global batch a step, 4 steps, ranks dying. Live ranks, adapter, per-step loss and dev loss as one process's."""
+    llama(seed=1, initializer_range=0.2).save_pretrained(tmp_path / "model")
+    word_tokenizer().save_pretrained(tmp_path / "model")
+    words = ["a b c", "d e f", "b a d", "c c e"] * 2  # one global batch
+    chat = [[{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}] for w in words]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chat), encoding="utf-8")
+    options = ["--task", "causal-lm", "--model", str(tmp_path / "model"), "--train-file", str(train),
+               "--validation-file", str(train), "--epochs", "4", "--lr", "1e-2", "--logging-steps", "1",
+               *XI]  # fmt: skip
+    _run(_sharded(options, tmp_path / "fsdp"), tmp_path)
+    _run([sys.executable, "-m", "sora", "train", *options, "--batch-size", str(GLOBAL_BATCH), "--output-dir",
+          str(tmp_path / "single")], tmp_path)  # fmt: skip
+    sharded, single = _metrics(tmp_path / "fsdp"), _metrics(tmp_path / "single")
+    assert sharded["ranks"] == single["ranks"] and 0 < sum(sharded["ranks"].values()) < R_MAX * len(sharded["ranks"])
+    assert sharded["eval"]["loss"] == pytest.approx(single["eval"]["loss"], rel=1e-5)
+    tensors, expected = (load_file(tmp_path / k / "adapter" / "adapter_model.safetensors") for k in ("fsdp", "single"))
+    assert tensors.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(tensors[name], value, atol=1e-5, rtol=1e-3, msg=name)
+    losses = [[row["loss"] for row in _log(tmp_path / k) if "loss" in row] for k in ("fsdp", "single")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 def test_fsdp_sigkill_then_resume_equals_the_uninterrupted_sharded_run(runs, options, tmp_path):
