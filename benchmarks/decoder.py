@@ -241,6 +241,18 @@ def build_data(
     return summary
 
 
+def build_embedded_data(
+    data_dir: str | Path, folder: str | Path, sizes: Sizes = Sizes(), max_seq_length: int = RECIPE["max_seq_length"]
+) -> tuple[dict[str, Any], Any]:
+    """``build_data`` with the embedded decoder's tokenizer deciding what fits in ``max_seq_length`` tokens (the
+    decoder is converted first if it is not cached); the summary, and that tokenizer."""
+    from sora.tasks import gguf_cache
+    from sora.tasks.causal_lm import causal_tokenizer
+
+    tokenizer = causal_tokenizer(gguf_cache.default_model())
+    return build_data(data_dir, folder, record_fits(tokenizer, max_seq_length), sizes), tokenizer
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # scores
 
@@ -283,12 +295,7 @@ class Runner(glue.Runner):
 
     def prepare_data(self) -> None:
         """Build the data files with the embedded decoder's tokenizer deciding what fits."""
-        from sora.tasks import gguf_cache
-        from sora.tasks.causal_lm import causal_tokenizer
-
-        tokenizer = causal_tokenizer(gguf_cache.default_model())
-        fits = record_fits(tokenizer, RECIPE["max_seq_length"])
-        self.summary = {**build_data(self.data_dir, self.data, fits, self.sizes), **RECIPE}
+        self.summary = {**build_embedded_data(self.data_dir, self.data, self.sizes)[0], **RECIPE}
 
     def dev_files(self) -> dict[str, Path]:
         return {task: self.data / dev_file(task) for task in TASKS}

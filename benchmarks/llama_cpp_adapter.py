@@ -74,14 +74,12 @@ def convert(converter: Path, adapter: Path, base: str, output: Path) -> Path:
     return output
 
 
-def peft_side(run: Path, base_name: str, prompts: list) -> dict[str, list]:
+def peft_side(run: Path, base_name: str, tokenizer: Any, prompts: list) -> dict[str, list]:
     """PEFT's last-position logits of every prompt without and with the adapter, and its greedy answers."""
     import torch
 
     from sora.run_folder import load_exported
-    from sora.tasks.causal_lm import causal_tokenizer, generate, load_model
-
-    tokenizer = causal_tokenizer(base_name)
+    from sora.tasks.causal_lm import generate, load_model
 
     @torch.no_grad()
     def last_logits(model: torch.nn.Module) -> list:
@@ -172,16 +170,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from sora.export import uniform_rank
     from sora.gguf import export_gguf
     from sora.tasks import gguf_cache
-    from sora.tasks.causal_lm import causal_tokenizer, read_examples
+    from sora.tasks.causal_lm import read_examples
 
     started = time.perf_counter()
     base_name = gguf_cache.default_model()
-    tokenizer = causal_tokenizer(base_name)
     data = args.scratch / "data"
-    sizes = decoder.Sizes(*args.records)
-    summary = decoder.build_data(
-        args.data_dir, data, decoder.record_fits(tokenizer, decoder.RECIPE["max_seq_length"]), sizes
-    )
+    summary, tokenizer = decoder.build_embedded_data(args.data_dir, data, decoder.Sizes(*args.records))
     run = args.scratch / "run"
     metrics = train_run(args, data, run)
     uniform = uniform_rank(run, args.scratch / "adapter-uniform-rank")
@@ -197,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         examples = read_examples(data / decoder.dev_file(task), tokenizer, decoder.RECIPE["max_seq_length"])
         prompts += examples
         references += [e.reference for e in examples]
-    peft = peft_side(run, base_name, prompts)
+    peft = peft_side(run, base_name, tokenizer, prompts)
     base = llama_side(gguf_cache.embedded_gguf(), None, prompts, args.threads)
     results = {}
     for variant, path in files.items():

@@ -496,13 +496,11 @@ def causal_lm_records(args: argparse.Namespace, folder: Path, train_samples: int
     tokens. Converts the embedded decoder first if it is not cached (here, not in a measured process)."""
     import decoder
 
-    from sora.tasks import gguf_cache
-    from sora.tasks.causal_lm import causal_tokenizer, read_examples
+    from sora.tasks.causal_lm import read_examples
 
-    tokenizer = causal_tokenizer(gguf_cache.default_model())
     per_task = len(decoder.TASKS)
     sizes = decoder.Sizes(math.ceil(train_samples / per_task), math.ceil(eval_samples / per_task), dev=1)
-    summary = decoder.build_data(args.data_dir, folder, decoder.record_fits(tokenizer, args.seq_len), sizes)
+    summary, tokenizer = decoder.build_embedded_data(args.data_dir, folder, sizes, args.seq_len)
     lengths = {
         split: [len(e.input_ids) for e in read_examples(folder / name, tokenizer, sys.maxsize)]
         for split, name in (("train", decoder.TRAIN_FILE), ("validation", decoder.VALIDATION_FILE))
