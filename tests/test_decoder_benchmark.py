@@ -200,7 +200,11 @@ DATA = {
     "max_seq_length": 192,
     "records": {s: dict.fromkeys(("sst2", "rte", "mrpc", "text"), n) for s, n in (("train", 500), ("dev", 100))},
     "too_long": {"sst2": 0, "rte": 95, "mrpc": 0},
-    "dev_majority": {"sst2": {"answer": "positive", "share": 0.59}},
+    "dev_majority": {
+        "sst2": {"answer": "positive", "share": 0.59},
+        "rte": {"answer": "yes", "share": 0.51},
+        "mrpc": {"answer": "yes", "share": 0.86},
+    },
 }
 DATA["records"]["validation"] = dict.fromkeys(("sst2", "rte", "mrpc", "text"), 32)
 
@@ -247,6 +251,11 @@ def test_the_section_renders_from_fake_results_and_says_not_measured_without(tmp
     )
     assert "punctuation included): SST-2 `No.` 60, `no yes` 40; RTE `No.` 60" in text
     assert "SST-2 positive 59%" in text and "(drawn rows skipped: RTE 95)" in text
+    assert (
+        "exact match: SST-2 90% against `positive` 59% (every run 5+ points above it); RTE 90% against `yes` 51% "
+        "(every run 5+ points above it); MRPC 90% against `yes` 86% (no run 5+ points above it). On MRPC the gain "
+        "over the zero-shot base is the answer's form (one word), not the task" in text
+    )
     assert "Verdict on why SoRA at a budget trails LoRA of its size: not yet" in text
     assert (tmp_path / "figures" / "ranks_sora-budget50_seed0.png").is_file()
     assert "q_proj 2.7, k_proj 2.0" in text and "(most in q_proj, least in k_proj)" in text

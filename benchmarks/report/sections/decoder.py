@@ -342,7 +342,7 @@ def majority_text(runs: Runs, margin: float = 5.0) -> str:
     if unlearned:
         text += (
             f". On {' and '.join(unlearned)} the gain over the zero-shot base is the answer's form (one word), not "
-            "the task: no method learns it from 500 pairs in one epoch at this model size"
+            "the task: no method learns it with this recipe at this model size"
         )
     return text + "."
 
