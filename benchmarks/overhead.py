@@ -88,7 +88,6 @@ MODELS = {
 }
 MODEL_TYPES = {"minilm": "bert", "deberta-v3-base": "deberta-v2", "smollm2": "llama"}
 DECODERS = {"smollm2"}
-FLOOR_PARAMS = {"minilm": "classifier.", "deberta-v3-base": "classifier.", "smollm2": "model.norm."}
 
 
 def default_threads() -> int:
@@ -183,8 +182,8 @@ class Setting:
         return load_base(self.model, self.layers).to(self.device)
 
     @property
-    def task_type(self) -> str:
-        return "CAUSAL_LM" if self.model in DECODERS else "SEQ_CLS"
+    def decoder(self) -> bool:
+        return self.model in DECODERS
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -294,10 +293,12 @@ def build_workloads(setting: Setting, batch_size: int, seq_len: int, total_steps
     # 1. The floor: every base weight frozen, only the classifier head (a decoder: its final norm) trains.
     floor = setting.base()
     targets = list(DEFAULT_TARGET_MODULES[floor.config.model_type])
-    task_type = setting.task_type
-    batch = make_batch(floor.config.vocab_size, batch_size, seq_len, setting.device, causal=task_type == "CAUSAL_LM")
+    task_type, floor_part, floor_name = (
+        ("CAUSAL_LM", "model.norm.", "final norm") if setting.decoder else ("SEQ_CLS", "classifier.", "head")
+    )
+    batch = make_batch(floor.config.vocab_size, batch_size, seq_len, setting.device, causal=setting.decoder)
     for name, param in floor.named_parameters():
-        param.requires_grad = name.startswith(FLOOR_PARAMS[setting.model])
+        param.requires_grad = name.startswith(floor_part)
     floor.train()
 
     # 2. PEFT LoRA r=8 on SoRA's default target modules, torch AdamW.
@@ -346,7 +347,7 @@ def build_workloads(setting: Setting, batch_size: int, seq_len: int, total_steps
     return [
         Workload(
             "floor",
-            f"floor: frozen base, {'final norm' if task_type == 'CAUSAL_LM' else 'head'} only (AdamW)",
+            f"floor: frozen base, {floor_name} only (AdamW)",
             training_step(floor, adamw(floor), batch, setting),
             sum(p.numel() for p in trainable(floor)),
         ),
