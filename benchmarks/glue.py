@@ -712,7 +712,8 @@ def _stop_at(text: str | None) -> dt.datetime | None:
         return None
     hour, minute = (int(x) for x in text.split(":"))
     now = dt.datetime.now(dt.UTC)
-    return now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    stop = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return stop if stop > now else stop + dt.timedelta(days=1)  # a time already past today means tomorrow's
 
 
 def until_done(step, runner: Runner, poll: float = 20.0) -> bool:

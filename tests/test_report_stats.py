@@ -174,3 +174,19 @@ def test_rank_pattern_names_types_by_their_shortest_unique_suffix():
         "output.dense 0.3 (most in intermediate.dense, least in output.dense); per third of the depth: "
     )
     assert text.endswith("layers 0-0 3.5, layers 1-1 3.5, layers 2-2 4.5.")
+
+
+def test_stop_at_is_the_next_such_time():
+    """``--stop-at HH:MM`` is the next time the UTC clock shows HH:MM: a time already past today means tomorrow's,
+    so a session that starts before midnight can stop after it."""
+    import argparse
+    import datetime as dt
+
+    parser = argparse.ArgumentParser()
+    glue.add_runner_options(parser, "scratch")
+    now = dt.datetime.now(dt.UTC)
+    for minutes in (-60, 60):
+        wanted = now + dt.timedelta(minutes=minutes)
+        stop = parser.parse_args(["--stop-at", wanted.strftime("%H:%M")]).stop_at
+        assert now < stop <= now + dt.timedelta(days=1)
+        assert (stop.hour, stop.minute) == (wanted.hour, wanted.minute)
