@@ -115,7 +115,7 @@ def llama_side(model_path: Path, lora_path: Path | None, prompts: list, threads:
         if not logits[-1].any():
             raise SystemExit(f"llama.cpp gave no logits for a prompt of {len(tokens)} tokens")
         llm.reset()
-        out = llm.create_completion(tokens, max_tokens=max(p.reference_tokens, 1), temperature=0.0, top_k=1)
+        out = llm.create_completion(tokens, max_tokens=p.reference_tokens, temperature=0.0, top_k=1)
         answers.append(out["choices"][0]["text"].strip())
     return {"logits": logits, "answers": answers}
 

@@ -69,8 +69,8 @@ class Example:
 
     @property
     def reference_tokens(self) -> int:
-        """How many tokens the reference span has: as many as a greedy generation is given."""
-        return sum(1 for label in self.labels[self.prompt_length :] if label != IGNORE)
+        """How many tokens the reference span has (at least one): as many as a greedy generation is given."""
+        return max(sum(1 for label in self.labels[self.prompt_length :] if label != IGNORE), 1)
 
 
 @dataclass
@@ -304,7 +304,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[Example]) -> 
         output = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            max_new_tokens=max(example.reference_tokens, 1),
+            max_new_tokens=example.reference_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
