@@ -1,9 +1,12 @@
 """benchmarks/report/stats.py (paired gaps, Student-t intervals, the verdict rule) on hand-computed cases, the
-Equal-budget verdict that reads them, and the Machine section's reading of the machines the results record."""
+Equal-budget verdict that reads them, the Machine section's reading of the machines the results record, and the
+benchmark runners' ``--stop-at``."""
 
 from __future__ import annotations
 
+import argparse
 import collections
+import datetime as dt
 import math
 
 import pytest
@@ -179,9 +182,6 @@ def test_rank_pattern_names_types_by_their_shortest_unique_suffix():
 def test_stop_at_is_the_next_such_time():
     """``--stop-at HH:MM`` is the next time the UTC clock shows HH:MM: a time already past today means tomorrow's,
     so a session that starts before midnight can stop after it."""
-    import argparse
-    import datetime as dt
-
     parser = argparse.ArgumentParser()
     glue.add_runner_options(parser, "scratch")
     now = dt.datetime.now(dt.UTC)
