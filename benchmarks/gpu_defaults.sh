@@ -11,6 +11,10 @@ STOP=${STOP:-$(date -u -d "+7 minutes" +%H:%M)}
 export SORA_BENCH_RESULTS=/tmp/glue-gpu SORA_DEVICE_MODEL=${SORA_DEVICE_MODEL:-/tmp/minilm}
 mkdir -p /tmp/glue-gpu && cp -r benchmarks/results/glue-gpu/. /tmp/glue-gpu/ 2>/dev/null
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# The device's transformers was 5.17 (2026-11-28), older than pyproject's minimum: every run failed in
+# TrainingArguments. Carry a transformers>=5.23 wheel in .device/wheels (13 MB; the carried tree must stay under 64 MiB).
+python3 -c "import sys, transformers; sys.exit(tuple(map(int, transformers.__version__.split('.')[:2])) < (5, 23))" \
+  || { echo "transformers $(python3 -c 'import transformers; print(transformers.__version__)') < 5.23: carry a newer wheel"; exit 1; }
 for w in $(seq "$WORKERS"); do
   python3 benchmarks/glue.py defaults head lrsearch equal --data-dir "$GLUE_DIR" --stop-at "$STOP" > "/tmp/worker$w.log" 2>&1 &
 done

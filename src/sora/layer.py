@@ -196,7 +196,10 @@ class GateFold(nn.Module):
         sizes = [shape[0] for shape in self.shapes]
         if self.rows is None or self.rows.device != weights[0].device:
             counts = torch.tensor(sizes, device=weights[0].device)
-            self.rows = torch.repeat_interleave(torch.arange(len(sizes), device=weights[0].device), counts)
+            # output_size: the length is known, so torch.compile traces this without a data-dependent shape
+            self.rows = torch.repeat_interleave(
+                torch.arange(len(sizes), device=weights[0].device), counts, output_size=sum(sizes)
+            )
         gate_rows = self.gates.index_select(0, self.rows)
         if gate_rows.dtype != weights[0].dtype:
             gate_rows = gate_rows.to(weights[0].dtype)

@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
-from ..load import RESULTS, Results
+from pathlib import Path
+
+from ..load import RESULTS, Results, read_json
+from ..markdown import table
 from .overhead import overhead_text
+
+
+def _summary(paths: list[Path]) -> str:
+    """One row per CUDA run: the step-time ratios of medians, with the median and IQR of the per-round ratios."""
+    rows = []
+    for path in paths:
+        d = read_json(path)
+        s, ratios, paired = d["settings"], d["ratios"], d["paired_ratios"]
+        setting = f"{s['model']}{', bf16' if s.get('bf16') else ''}{', compiled' if s.get('torch_compile') else ''}"
+        cells = [
+            f"{ratios[key]:.3f} ({paired[key]['median']:.3f}, IQR {paired[key]['iqr']:.3f})"
+            for key in ("sora_over_lora", "sora_over_adalora", "adalora_over_lora")
+        ]
+        rows.append([setting, d["machine"]["device"], *cells, f"{ratios['gate_step_percent_of_sora_step']:.2f} %"])
+    return (
+        "Training-step ratios on a GPU (batch 32 x seq 128; ratio of medians, in brackets the median and IQR of "
+        "the per-round ratios; each run in full below). Where a run names `--model-path /tmp/smollm2`, "
+        "benchmarks/gpu_overhead.sh built SmolLM2 there from its configuration with random weights (the package "
+        "is not on the device; the step time does not depend on the weights' values).\n\n"
+        + table(["model", "device", "SoRA/LoRA", "SoRA/AdaLoRA", "AdaLoRA/LoRA", "gate step / SoRA step"], rows)
+        + "\n"
+    )
 
 
 def render(res: Results) -> str:
     out = ["\n## GPU path\n"]
     gpu_overhead = sorted(RESULTS.glob("overhead_cuda*.json"))
+    if gpu_overhead:
+        out.append(_summary(gpu_overhead))
+    if not any(read_json(path).get("settings", {}).get("torch_compile") for path in gpu_overhead):
+        out.append(
+            "**torch.compile on a GPU: not measured yet.** `bash benchmarks/gpu_overhead.sh` times MiniLM and "
+            "DeBERTa-v3-base with `--torch-compile` after the eager runs; on an H100 the first warm-up round "
+            "(compiling the four training models) took 100 s for MiniLM, so each compiled run needs about 5 minutes "
+            "(`LIMIT=300`).\n"
+        )
     out.extend(overhead_text(path) + "\n" for path in gpu_overhead)
     if not gpu_overhead:
         out.append(

@@ -31,6 +31,8 @@ def overhead_text(path: Path) -> str:
         + (f"--model {s['model']} " if s.get("model", "minilm") != "minilm" else "")
         + (f"--device {s['device']} " if s.get("device", "cpu") != "cpu" else "")
         + ("--bf16 " if s.get("bf16") else "")
+        + ("--torch-compile " if s.get("torch_compile") else "")
+        + (f"--model-path {s['model_path']} " if s.get("model_path") else "")
         + f"--output {name}"
     )
     device = m.get("device", "cpu")
@@ -44,7 +46,8 @@ def overhead_text(path: Path) -> str:
         f"(benchmarks/overhead.py; rendered here from `{name}`). "
         "One process, every configuration timed interleaved round by round (order rotated), "
         f"{s.get('rounds')} timed rounds after {s.get('warmup')} warm-up rounds, model {s.get('model', 'minilm')}"
-        f"{', bf16 autocast' if s.get('bf16') else ''}, batch {s.get('batch_size')} x seq "
+        f"{', bf16 autocast' if s.get('bf16') else ''}{', torch.compile' if s.get('torch_compile') else ''}, "
+        f"batch {s.get('batch_size')} x seq "
         f"{s.get('seq_len')}, rank {s.get('rank')}, AdaLoRA target r {s.get('adalora_target_r')}, "
         f"{where}, torch {m.get('torch')}, "
         f"peft {m.get('peft')}; load average {_loadavg(m.get('loadavg_start'))} at start, "
