@@ -285,3 +285,16 @@ def test_the_verdict_names_what_accounts_for_the_gap(tmp_path, losses, expected)
     assert expected in section.verdict(runs)
     gaps = section.gap_lines(runs)
     assert gaps.count("\n- ") == 4 and "(within noise, 3 seeds)" in gaps
+
+
+def test_a_level_verdict_names_the_single_tasks_behind(tmp_path):
+    """Level on the chat tasks, SoRA at the budget behind LoRA r=4 (alpha 16) on the text task alone."""
+    losses = {section.BUDGETED: 0.5, section.LEARNED: 0.5, section.LORA: 0.5, section.SCALED: 0.5}
+    runs = _verdict_runs(tmp_path, losses)
+    for run in runs.values():
+        if run["method"] == section.BUDGETED:
+            run["tasks"]["text"]["loss"] *= 1.1
+    assert section.verdict(runs).endswith(
+        "no gap for the allocation or the scale to explain (behind on a single task: SoRA r_max=8, budget 0.5 − "
+        "LoRA r=4 on SST-2 text; SoRA r_max=8, budget 0.5 − LoRA r=4, alpha 8 on SST-2 text)."
+    )

@@ -16,7 +16,7 @@ import decoder
 
 from ..load import DECODER, RESULTS, ROOT, Results, Runs, read_json
 from ..markdown import fmt_params, rank_pattern, rel, table
-from ..stats import NOISE_NOTE, Tally, differences, gap_text, mean_std, tally
+from ..stats import NOISE_NOTE, Tally, differences, gap_text, gap_word, mean_std, tally
 
 FIGURES = DECODER / "figures"
 TASK_NAMES = {"sst2": "SST-2", "rte": "RTE", "mrpc": "MRPC", decoder.TEXT_TASK: "SST-2 text"}
@@ -212,6 +212,17 @@ def _loss_gaps(runs: Runs, a: str, b: str) -> list[list[float]]:
     return [differences(pairs, _lower_loss(t)) for t in decoder.TASKS] if pairs else []
 
 
+def _behind_cells(runs: Runs) -> list[str]:
+    """The dev-loss gaps of the budgeted SoRA rows against LoRA r=4 (both scales) that are behind, by task."""
+    return [
+        f"{_name(a)} − {_name(b)} on {TASK_NAMES[task]}"
+        for a in (BUDGETED, LEARNED)
+        for b in (LORA, SCALED)
+        for task, diffs in zip(decoder.TASKS, _loss_gaps(runs, a, b), strict=True)
+        if gap_word(diffs) == "behind"
+    ]
+
+
 def gap_lines(runs: Runs) -> str:
     """SoRA's two budgeted rows against LoRA r=4 at both scales, paired by seed: exact match on the chat tasks and
     the dev loss on every task."""
@@ -261,8 +272,10 @@ def verdict(runs: Runs) -> str:
     scale = f"LoRA r=4 at alpha 8 (SoRA's scale) {says('scale', 'LoRA r=4 at alpha 16')}"
     matched = f"with both matched, SoRA (learned allocation) {says('matched', 'LoRA r=4 at alpha 8')}"
     if t["plain"].outcome in ("beats", "level"):
+        behind = _behind_cells(runs)
         return (
-            f"{head} **SoRA does not trail LoRA of its size here**: no gap for the allocation or the scale to explain."
+            f"{head} **SoRA does not trail LoRA of its size here**: no gap for the allocation or the scale to explain"
+            + (f" (behind on a single task: {'; '.join(behind)})." if behind else ".")
         )
     causes = [
         *(["**the allocation**"] if t["allocation"].outcome == "beats" else []),
