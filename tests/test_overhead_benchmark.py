@@ -4,6 +4,7 @@ nothing."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -12,6 +13,8 @@ from conftest import load_benchmark
 from transformers import BertConfig, BertForSequenceClassification
 
 overhead = load_benchmark("overhead")
+load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the script does (report)
+from report.sections import gpu  # noqa: E402
 
 TINY = ["--rounds", "1", "--warmup", "0", "--batch-size", "2", "--seq-len", "8", "--threads", "1", "--layers", "1"]
 
@@ -76,3 +79,15 @@ def test_model_path_with_deberta_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         overhead.main([*TINY, "--model", "deberta-v3-base", "--model-path", "somewhere"])
     assert "--model-path: deberta-v3-base is built from its configuration" in capsys.readouterr().err
+
+
+def test_the_gpu_section_tabulates_cuda_runs_and_says_what_is_not_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu, "RESULTS", tmp_path)
+    assert "**GPU step-time ratios: not measured.**" in gpu.render(None)
+    report = overhead.main([*TINY, "--output", str(tmp_path / "overhead_cuda_minilm_bf16.json")])
+    report["machine"]["device"] = "NVIDIA H100"  # a CPU run standing for a CUDA one: the section reads the file
+    (tmp_path / "overhead_cuda_minilm_bf16.json").write_text(json.dumps(report), encoding="utf-8")
+    text = gpu.render(None)
+    ratio, paired = report["ratios"]["sora_over_lora"], report["paired_ratios"]["sora_over_lora"]
+    assert f"| minilm | NVIDIA H100 | {ratio:.3f} ({paired['median']:.3f}, IQR {paired['iqr']:.3f}) |" in text
+    assert "**torch.compile on a GPU: not measured yet.**" in text

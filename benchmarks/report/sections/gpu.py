@@ -36,7 +36,7 @@ def render(res: Results) -> str:
     gpu_overhead = sorted(RESULTS.glob("overhead_cuda*.json"))
     if gpu_overhead:
         out.append(_summary(gpu_overhead))
-    if not any(read_json(path).get("settings", {}).get("torch_compile") for path in gpu_overhead):
+    if gpu_overhead and not any(read_json(path)["settings"].get("torch_compile") for path in gpu_overhead):
         out.append(
             "**torch.compile on a GPU: not measured yet.** `bash benchmarks/gpu_overhead.sh` times MiniLM and "
             "DeBERTa-v3-base with `--torch-compile` after the eager runs; on an H100 the first warm-up round "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..load import RESULTS, ROOT, Results, read_json
-from ..markdown import table
+from ..markdown import rel, table
 
 
 def overhead_section() -> str:
@@ -24,7 +24,7 @@ def overhead_text(path: Path) -> str:
     """One run of benchmarks/overhead.py: its settings and command, the timings, the ratios, the operator calls."""
     d = read_json(path)
     s, m = d.get("settings", {}), d.get("machine", {})
-    name = path.relative_to(ROOT).as_posix()
+    name = rel(path, ROOT)
     command = d.get("command") or (
         f"python benchmarks/overhead.py --rounds {s.get('rounds', 20)} --warmup {s.get('warmup', 3)} "
         f"--batch-size {s.get('batch_size', 32)} --seq-len {s.get('seq_len', 128)} --threads {m.get('threads', 2)} "
@@ -91,7 +91,7 @@ def _loadavg(values: Any) -> str:
 
 def render_generic(d: dict[str, Any], path: Path) -> str:
     """A JSON benchmark of unknown layout: its command, its per-configuration results, the rest as key: value."""
-    name = path.relative_to(ROOT).as_posix()
+    name = rel(path, ROOT)
     command = d.get("command") or f"python benchmarks/{d.get('benchmark', 'memory')}.py --output {name}"
     text = f"Rendered from `{name}`.\n\n```bash\n{command}\n```\n\n"
     results = d.get("results")
