@@ -204,6 +204,11 @@ class GateFold(nn.Module):
         if gate_rows.dtype != weights[0].dtype:
             gate_rows = gate_rows.to(weights[0].dtype)
         folded = _Cat.apply(sizes, *weights) * gate_rows
+        device = folded.device.type
+        if torch.is_autocast_enabled(device):
+            # one cast for every B' here: autocast caches its casts of parameters only, so F.linear would cast each
+            # B' again at every call (a module called twice per forward, as DeBERTa's query and key, casts twice)
+            folded = folded.to(torch.get_autocast_dtype(device))
         self._set(folded.split(sizes), True)
 
     def unfold(self, model: nn.Module, args: Any, output: Any) -> None:
