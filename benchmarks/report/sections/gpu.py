@@ -38,10 +38,9 @@ def render(res: Results) -> str:
         out.append(_summary(gpu_overhead))
     if gpu_overhead and not any(read_json(path)["settings"].get("torch_compile") for path in gpu_overhead):
         out.append(
-            "**torch.compile on a GPU: not measured yet.** `bash benchmarks/gpu_overhead.sh` times MiniLM and "
-            "DeBERTa-v3-base with `--torch-compile` after the eager runs; on an H100 the first warm-up round "
-            "(compiling the four training models) took 100 s for MiniLM, so each compiled run needs about 5 minutes "
-            "(`LIMIT=300`).\n"
+            "**torch.compile on a GPU: not measured yet.** `bash benchmarks/gpu_overhead.sh compile` times MiniLM "
+            "and DeBERTa-v3-base with `--torch-compile`; on an H100 the first warm-up round (compiling the four "
+            "training models) took 100 s for MiniLM, so the script gives each run 300 s.\n"
         )
     out.extend(overhead_text(path) + "\n" for path in gpu_overhead)
     if not gpu_overhead:
