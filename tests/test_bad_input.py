@@ -223,6 +223,11 @@ CLI_ROWS: list[tuple[str, Callable[[Env], list[str]], str | tuple[str, ...]]] = 
         "--xi-list takes comma-separated xi values such as 0.1,0.3,0.5, got '0.1,x'",
     ),
     ("no-command", lambda e: [], "the following arguments are required: command"),
+    (
+        "train-unknown-reporter",
+        lambda e: e.rte("--report-to", "bogus"),
+        "unknown --report-to 'bogus'; known: none, all, azure_ml,",
+    ),
 ]
 
 

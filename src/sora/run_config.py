@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from transformers.integrations import INTEGRATION_TO_CALLBACK
+
 from .budget import SparsityBudget
 from .errors import SoraError
 from .quant import check_4bit
@@ -100,6 +102,9 @@ class TrainConfig:
             raise SoraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise SoraError("weight_decay and max_grad_norm must be >= 0")
+        reporters = ("none", "all", *sorted(INTEGRATION_TO_CALLBACK))  # what the Trainer's report_to takes
+        if self.report_to not in reporters:
+            raise SoraError(f"unknown --report-to {self.report_to!r}; known: {', '.join(reporters)}")
         if self.budgeted:
             if self.method != "sora":
                 raise SoraError(f"--target-ratio / --target-params are for --method sora, not {self.method!r}")

@@ -71,9 +71,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     model, optimizer = build(cfg, model, family, total_steps, gate_bank=not sharded)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        _io.write_json(out / RUN_MARKER, dataclasses.asdict(cfg))
     checkpoints = out / "checkpoints"
     main_split = data.spec.validation_splits[0]
     hooks = StepHooks(model, cfg.method)
@@ -90,6 +87,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     )
     if sharded:
         trainer.shard()
+    if main:  # the run folder's marker once the run is set up: a run that cannot start leaves nothing behind
+        out.mkdir(parents=True, exist_ok=True)
+        _io.write_json(out / RUN_MARKER, dataclasses.asdict(cfg))
     last = last_complete_checkpoint(checkpoints, remove_incomplete=main) if resume else None
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
