@@ -13,8 +13,8 @@ mkdir -p /tmp/glue-gpu && cp -r benchmarks/results/glue-gpu/. /tmp/glue-gpu/ 2>/
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 # The device's transformers was 5.17 (2026-11-28), older than pyproject's minimum: every run failed in
 # TrainingArguments. Carry a transformers>=5.23 wheel in .device/wheels (13 MB; the carried tree must stay under 64 MiB).
-python3 -c "import sys, transformers; sys.exit(tuple(map(int, transformers.__version__.split('.')[:2])) < (5, 23))" \
-  || { echo "transformers $(python3 -c 'import transformers; print(transformers.__version__)') < 5.23: carry a newer wheel"; exit 1; }
+python3 -c "import sys, transformers as t; v = t.__version__; \
+  tuple(map(int, v.split('.')[:2])) < (5, 23) and sys.exit(f'transformers {v} < 5.23: carry a newer wheel')" || exit 1
 for w in $(seq "$WORKERS"); do
   python3 benchmarks/glue.py defaults head lrsearch equal --data-dir "$GLUE_DIR" --stop-at "$STOP" > "/tmp/worker$w.log" 2>&1 &
 done

@@ -28,7 +28,7 @@ import pytest
 import torch
 from conftest import bert12, load_benchmark, minilm_classifier
 from peft import LoraConfig, get_peft_model
-from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+from transformers import DebertaV2ForSequenceClassification
 
 import sora
 from sora.config import DEFAULT_TARGET_MODULES
@@ -47,13 +47,11 @@ def _batch(vocab: int) -> dict[str, torch.Tensor]:
 
 
 def deberta4(seed: int = 0):
-    """A random 4-layer DeBERTa-v2 with DeBERTa-v3's relative attention (shared keys, p2c and c2p)."""
+    """A random 4-layer DeBERTa-v2 with DeBERTa-v3-base's relative attention (overhead.py's config), shrunk."""
     torch.manual_seed(seed)
-    cfg = DebertaV2Config(
-        vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-        relative_attention=True, position_buckets=16, norm_rel_ebd="layer_norm", share_att_key=True,
-        pos_att_type=["p2c", "c2p"], max_relative_positions=-1, position_biased_input=False, type_vocab_size=0,
-    )  # fmt: skip
+    cfg = load_benchmark("overhead").deberta_v3_base_config(layers=4)
+    sizes = {"vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}
+    cfg.update({**sizes, "pooler_hidden_size": 32, "position_buckets": 16})
     return DebertaV2ForSequenceClassification(cfg).eval()
 
 

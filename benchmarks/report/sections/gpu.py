@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 from ..load import RESULTS, Results, read_json
 from ..markdown import table
 from .overhead import overhead_text
 
 
-def _summary(paths: list[Path]) -> str:
+def _summary(runs: list[dict[str, Any]]) -> str:
     """One row per CUDA run: the step-time ratios of medians, with the median and IQR of the per-round ratios."""
     rows = []
-    for path in paths:
-        d = read_json(path)
+    for d in runs:
         s, ratios, paired = d["settings"], d["ratios"], d["paired_ratios"]
         setting = f"{s['model']}{', bf16' if s.get('bf16') else ''}{', compiled' if s.get('torch_compile') else ''}"
         cells = [
@@ -33,17 +32,18 @@ def _summary(paths: list[Path]) -> str:
 
 def render(res: Results) -> str:
     out = ["\n## GPU path\n"]
-    gpu_overhead = sorted(RESULTS.glob("overhead_cuda*.json"))
-    if gpu_overhead:
-        out.append(_summary(gpu_overhead))
-    if gpu_overhead and not any(read_json(path)["settings"].get("torch_compile") for path in gpu_overhead):
-        out.append(
-            "**torch.compile on a GPU: not measured yet.** `bash benchmarks/gpu_overhead.sh compile` times MiniLM "
-            "and DeBERTa-v3-base with `--torch-compile`; on an H100 the first warm-up round (compiling the four "
-            "training models) took 100 s for MiniLM, so the script gives each run 300 s.\n"
-        )
-    out.extend(overhead_text(path) + "\n" for path in gpu_overhead)
-    if not gpu_overhead:
+    paths = sorted(RESULTS.glob("overhead_cuda*.json"))
+    runs = [read_json(path) for path in paths]
+    if runs:
+        out.append(_summary(runs))
+        if not any(d["settings"].get("torch_compile") for d in runs):
+            out.append(
+                "**torch.compile on a GPU: not measured yet.** `bash benchmarks/gpu_overhead.sh compile` times "
+                "MiniLM and DeBERTa-v3-base with `--torch-compile`; on an H100 the first warm-up round (compiling "
+                "the four training models) took 100 s for MiniLM, so the script gives each run 300 s.\n"
+            )
+        out.extend(overhead_text(path) + "\n" for path in paths)
+    else:
         out.append(
             "**GPU step-time ratios: not measured.** No GPU was lent to the sessions that changed SoRA's gate path "
             "(the gates folded into B for the whole model, then all gates in one tensor), so SoRA/LoRA and "
