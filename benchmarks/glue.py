@@ -25,6 +25,8 @@ Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them i
 - ``equal``: the Equal-budget table, SoRA at a sparsity budget against LoRA and AdaLoRA of that size (``EQUAL_BUDGET``).
 - ``allocation``: who chooses the surviving ranks, the gates' initialisation or the data (``ALLOCATION``): SoRA
   variants at a budget, each with two gate seeds and the same data order, on ``ALLOCATION_TASK``.
+- ``front``: the size-accuracy front of one ``sora schedule --target-list`` run against the LoRA rank sweep, AdaLoRA
+  and SoRA single budgets at the same sizes (``FRONT_*``), at the Defaults recipe.
 
 ``--stop-at HH:MM`` (UTC) launches no new run after that time. ``benchmarks/build_report.py`` turns the results into
 ``BENCHMARKS.md``.
@@ -152,6 +154,23 @@ EQUAL_BUDGET_GROUPS = (
     (("sora-budget70-const-contribution", RANK, 0.7, LEARNED),),
 )  # fmt: skip
 EQUAL_BUDGET = tuple(row for group in EQUAL_BUDGET_GROUPS for row in group)
+# The front (issue: what SoRA buys a user): ONE `sora schedule --target-list` run against the LoRA rank sweep it
+# replaces, at the Defaults recipe. The schedule's stages land on the sweep's sizes (75, 50, 25, 12.5 % of the r_max=8
+# adapter: LoRA r = 6, 4, 2, 1), one epoch each, with the learned allocation of a budgeted `sora train`. The sweep
+# reuses the Defaults table's LoRA r=8 and the Equal-budget table's LoRA r=4 and r=6; the rest is run here. Every
+# run of a seed before the next seed; per task the schedule, then the sweep's missing ranks, then the other methods
+# at the same sizes (AdaLoRA, SoRA single budgets). (label, rank, settings)
+FRONT_TASKS = ("sst2", "stsb", "mrpc")
+FRONT_TARGETS = (0.75, 0.5, 0.25, 0.125)
+FRONT_SCHEDULE = {"targets": FRONT_TARGETS, "epochs_per_stage": 1.0, "settings": {"gate_init": LEARNED["gate_init"]}}
+FRONT_GROUPS = (
+    (("lora", 2, {}), ("lora", 1, {})),
+    (
+        ("adalora", 2, {}), ("adalora", 1, {}),
+        ("sora-budget25-const-contribution", RANK, {**LEARNED, "target_ratio": 0.25}),
+        ("sora-budget12-const-contribution", RANK, {**LEARNED, "target_ratio": 0.125}),
+    ),
+)  # fmt: skip
 # Learning-rate searches at `sora train`'s defaults otherwise (seed 0): full fine-tuning on the tasks whose bar an
 # adapter may not reach on this backbone (where it cannot clear a bar either, the bar is set from it), and AdaLoRA,
 # whose adapters start at zero singular values and learn slowly in 3 epochs (its paper: up to 30 epochs on MRPC).
@@ -182,12 +201,12 @@ ALLOCATION = (
 )
 ALLOCATION_RUNS = ((0, 1), (0, 2), (1, 1))  # (seed: data order and the rest, gate seed)
 # Experiments whose failed runs (e.g. every rank pruned) are results, not retried
-FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults", "equal", "allocation")
+FAILURES_ARE_RESULTS = ("xigrid", "long", "defaults", "equal", "allocation", "front")
 
 
 EXPERIMENTS = (
     "xigrid", "hpsearch", "table1", "table2", "speed", "schedule", "long", "head", "lrsearch", "epochs", "defaults",
-    "equal", "allocation", "all",
+    "equal", "allocation", "front", "all",
 )  # fmt: skip
 
 
@@ -607,9 +626,8 @@ class Runner:
             lock.unlink(missing_ok=True)
 
     def schedule(self) -> bool:
-        from sora import _io
-        from sora.schedule import run_schedule, xi_values
-        from sora.train import DEFAULT_LR, TrainConfig
+        from sora.schedule import xi_values
+        from sora.train import DEFAULT_LR
 
         complete = True
         lr = best_lr("sora") or 1e-3
@@ -621,51 +639,94 @@ class Runner:
                   SCHEDULE_DEFAULT) for t in SCHEDULE_DEFAULT_TASKS]  # fmt: skip
         for name, task, lr, label, samples, sched in jobs:
             gate = gate_settings(label)
-            if read_result("schedule", name) is not None:
-                continue
-            if gate is None or self.budget.exhausted():
+            if gate is None and read_result("schedule", name) is None:
                 complete = False
                 continue
-            lock = self._lock("schedule", name)
-            if lock is None:
-                complete = False
-                continue
+            settings = {**COMMON, "max_train_samples": samples, **(gate or {})}
+            settings.pop("epochs")
+            xis = xi_values(sched["kind"], sched["start"], sched["end"], sched["stages"])
+            options = (
+                f" --xi-schedule {sched['kind']} --xi-start {sched['start']:g} --xi-max {sched['end']:g}"
+                f" --stages {sched['stages']}"
+            )
+            run = {"task": task, "seed": 0, "lr": lr, **settings}
+            complete &= self.schedule_run("schedule", name, run, xis, sched["epochs_per_stage"], options, {"lr": lr})
+        return complete
+
+    def schedule_run(
+        self,
+        experiment: str,
+        name: str,
+        settings: dict[str, Any],
+        xis: list[float],
+        epochs_per_stage: float,
+        options: str,
+        extra: dict[str, Any],
+        targets: list[float] | None = None,
+    ) -> bool:
+        """One resumable ``sora schedule`` run of ``TrainConfig(**settings)`` (``options``: its schedule flags on the
+        command line); True when its result exists. A stage that prunes every rank ends it with the stages done."""
+        from sora import _io
+        from sora.schedule import run_schedule
+        from sora.train import TrainConfig
+
+        if read_result(experiment, name) is not None:
+            return True
+        if self.budget.exhausted():
+            return False
+        lock = self._lock(experiment, name)
+        if lock is None:
+            return False
+        try:
+            out = self.scratch / experiment / name
+            cfg = TrainConfig(output_dir=str(out), method="sora", data_dir=self.data_dir, model=MODEL, **settings)
+            resume = (out / "schedule.json").is_file()
+            if out.exists() and not resume:
+                shutil.rmtree(out)
+            print(f"[{now()}] {experiment}/{name}: start", flush=True)
+            error = None
             try:
-                out = self.scratch / "schedule" / name
-                settings = {**COMMON, "max_train_samples": samples, **gate}
-                settings.pop("epochs")
-                cfg = TrainConfig(
-                    task=task, output_dir=str(out), method="sora", data_dir=self.data_dir, seed=0, lr=lr, **settings
-                )
-                resume = (out / "schedule.json").is_file()
-                if out.exists() and not resume:
-                    shutil.rmtree(out)
-                print(f"[{now()}] schedule/{name}: start", flush=True)
-                error = None
-                try:
-                    xis = xi_values(sched["kind"], sched["start"], sched["end"], sched["stages"])
-                    run_schedule(cfg, xis, sched["epochs_per_stage"], resume=resume)
-                except Exception as e:  # e.g. a stage pruned every rank: the finished stages are still a result
-                    traceback.print_exc()
-                    error = f"{type(e).__name__}: {e}"
-                    if not (out / "schedule.json").is_file() or "pruned every rank" not in error:
-                        self.failed.append(f"schedule/{name}: {error}")
-                        complete = False
+                run_schedule(cfg, xis, epochs_per_stage, resume=resume, targets=targets)
+            except Exception as e:  # e.g. a stage pruned every rank: the finished stages are still a result
+                traceback.print_exc()
+                error = f"{type(e).__name__}: {e}"
+                if not (out / "schedule.json").is_file() or "pruned every rank" not in error:
+                    self.failed.append(f"{experiment}/{name}: {error}")
+                    return False
+            command = command_line(cfg, self.threads).replace(" train ", " schedule ", 1).replace(" --epochs 3", "")
+            command += f"{options} --epochs-per-stage {epochs_per_stage:g}"
+            saved = json.loads((out / "schedule.json").read_text(encoding="utf-8"))
+            result = {**saved, "command": command, "runner": f"python benchmarks/glue.py {experiment}",
+                      "finished": now(), "machine": machine(), "error": error, **extra}  # fmt: skip
+            _io.write_json(result_path(experiment, name), result)
+            shutil.copyfile(out / "curves.png", RESULTS / experiment / f"{name}_curves.png")
+            self.ran += 1
+            return True
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def front(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
+        """The front: per seed and task, one ``sora schedule --target-list`` run (``FRONT_SCHEDULE``), then the
+        ``FRONT_GROUPS`` runs at the Defaults recipe; the schedule's steps and seconds are in its result."""
+        complete = True
+        for group_index, group in enumerate(FRONT_GROUPS):
+            for seed in seeds:
+                for task in FRONT_TASKS:
+                    if tasks and task not in tasks:
                         continue
-                command = command_line(cfg, self.threads).replace(" train ", " schedule ", 1)
-                command += (
-                    f" --xi-schedule {sched['kind']} --xi-start {sched['start']:g} --xi-max {sched['end']:g}"
-                    f" --stages {sched['stages']} --epochs-per-stage {sched['epochs_per_stage']:g}"
-                )
-                command = command.replace(" --epochs 3", "")
-                saved = json.loads((out / "schedule.json").read_text(encoding="utf-8"))
-                result = {**saved, "command": command, "runner": "python benchmarks/glue.py schedule",
-                          "finished": now(), "machine": machine(), "lr": lr, "error": error}  # fmt: skip
-                _io.write_json(result_path("schedule", name), result)
-                shutil.copyfile(out / "curves.png", RESULTS / "schedule" / f"{name}_curves.png")
-                self.ran += 1
-            finally:
-                lock.unlink(missing_ok=True)
+                    samples = DEFAULTS_SAMPLES[task]
+                    if group_index == 0:
+                        targets = list(FRONT_SCHEDULE["targets"])
+                        settings = {"task": task, "seed": seed, "max_train_samples": samples,
+                                    **FRONT_SCHEDULE["settings"]}  # fmt: skip
+                        options = " --target-list " + ",".join(f"{t:g}" for t in targets)
+                        complete &= self.schedule_run(
+                            "front", run_name(task, "sora-schedule", RANK, seed), settings, [0.5] * len(targets),
+                            FRONT_SCHEDULE["epochs_per_stage"], options, {}, targets=targets,
+                        )  # fmt: skip
+                    for label, r, extra in group:
+                        got = self.run("front", task, label, seed, r=r, common={}, max_train_samples=samples, **extra)
+                        complete &= got is not None
         return complete
 
 
@@ -764,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Table 1, long-run, defaults and equal seeds (default: 0 1 2)",
     )
     parser.add_argument(
-        "--tasks", nargs="+", choices=TASKS, default=None, help="defaults, equal, lrsearch: only these tasks"
+        "--tasks", nargs="+", choices=TASKS, default=None, help="defaults, equal, front, lrsearch: only these tasks"
     )
     add_runner_options(parser, os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
     args = parser.parse_args(argv)
@@ -786,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         elif experiment in ("table1", "long"):
             plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds)))
-        elif experiment in ("defaults", "equal"):
+        elif experiment in ("defaults", "equal", "front"):
             plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds, args.tasks)))
         elif experiment == "lrsearch":
             plan.append((experiment, functools.partial(runner.lrsearch, args.tasks)))

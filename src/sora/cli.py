@@ -93,7 +93,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "--gate-init",
         type=_float_or_str,
         default=None,
-        help="a number, or randn (default: randn; 1.0 with --target-ratio / --target-params)",
+        help="a number, or randn (default: randn; 1.0 with a budget: --target-ratio, --target-params, --target-list)",
     )
     p.add_argument("--gate-seed", type=int, default=None, help="seed of the randn gates alone (default: --seed's)")
     p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
@@ -260,6 +260,10 @@ def _run(argv: list[str]) -> int:
             targets = _numbers("--target-list", args.target_list, "fractions such as 0.9,0.7,0.5")
         if targets and args.xi_list:
             raise SoraError("give --target-list or --xi-list, not both")
+        if targets and args.gate_init is None:  # a budget's gates start equal, as with sora train --target-ratio
+            from .run_config import BUDGET_GATE_INIT
+
+            args.gate_init = BUDGET_GATE_INIT
         if targets:
             xis = [args.xi] * len(targets)  # each stage's budget steers xi from here
         elif args.xi_list:
