@@ -20,6 +20,7 @@ from typing import Any
 
 import transformers
 from safetensors.torch import save_file
+from transformers import TrainerCallback
 
 from . import _io
 from .allocation import gate_vectors, init_overlap
@@ -49,8 +50,9 @@ def with_default_model(cfg: TrainConfig) -> TrainConfig:
     return cfg if cfg.model is not None else dataclasses.replace(cfg, model=task_family(cfg.task).default_model())
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run ``cfg`` end to end and return what ``metrics.json`` holds.
+def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` end to end and return what ``metrics.json`` holds; ``callbacks`` join the Trainer's own (e.g. a
+    user's reporter, or a benchmark's recorder).
 
     Under torchrun / ``accelerate launch`` every process trains (DDP, or FSDP2 with sharded parameters) and scores;
     only global rank 0 checks and writes the run folder. Under FSDP the adapter is gathered whole for the ranks, the
@@ -83,7 +85,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         processing_class=tokenizer,
         compute_metrics=family.trainer_metrics(data.spec, main_split),
         optimizers=(optimizer, None),
-        callbacks=[hooks, BudgetCallback()],
+        callbacks=[hooks, BudgetCallback(), *(callbacks or [])],
     )
     if sharded:
         trainer.shard()
