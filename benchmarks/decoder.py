@@ -22,7 +22,7 @@ scores). Rows are drawn in a seeded random order per task and split; skipped: SS
 
 Rows (``ROWS``: label -> ``sora train`` settings), at seeds 0 1 2, every row of a seed before the next seed, after
 the ``zero-shot`` row (the base model untuned). Every run trains with ``RECIPE`` at its method's default learning
-rate (``sora.run_config.DEFAULT_LR``): 1 epoch of the 2000 records at batch 8, 250 optimizer steps. Its exported
+rate (``sora.methods``): 1 epoch of the 2000 records at batch 8, 250 optimizer steps. Its exported
 adapter is then loaded once and every dev file scored by ``score_tasks``, the code that scores the zero-shot row:
 per task the loss per trained token (``sora.tasks.causal_lm.masked_loss``: the answer and its end-of-turn tokens,
 every token of a text record) and its perplexity, and on the chat tasks greedy generations and their exact match.

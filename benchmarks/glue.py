@@ -293,12 +293,13 @@ def command_line(cfg: Any, threads: int) -> str:
     """The ``sora train`` command that reproduces ``cfg``: the options that differ from ``sora train``'s defaults."""
     from dataclasses import fields
 
-    from sora.train import DEFAULT_LR, TrainConfig
+    from sora.methods import get_method
+    from sora.train import TrainConfig
 
     args = ["sora", "train", "--task", cfg.task, "--method", cfg.method]
     for f in fields(TrainConfig):
         value = getattr(cfg, f.name)
-        default = DEFAULT_LR[cfg.method] if f.name == "lr" else f.default
+        default = get_method(cfg.method).default_lr if f.name == "lr" else f.default
         if f.name in ("task", "method", "model") or value == default:
             continue
         flag = f"--{f.name.replace('_', '-')}"
@@ -496,12 +497,12 @@ class Runner:
 
     def long_run(self, experiment: str, task: str, method: str, seed: int) -> dict[str, Any] | None:
         """One run at the longer runs' settings: ``LONG_SAMPLES``, the method's default learning rate."""
-        from sora.train import DEFAULT_LR
+        from sora.methods import get_method
 
         gate = gate_settings(method)
         if gate is None:
             return None
-        lr = DEFAULT_LR[train_method(method)]
+        lr = get_method(train_method(method)).default_lr
         return self.run(experiment, task, method, seed, lr=lr, max_train_samples=LONG_SAMPLES[task], **gate)
 
     def long(self, seeds: list[int]) -> bool:
@@ -626,8 +627,8 @@ class Runner:
             lock.unlink(missing_ok=True)
 
     def schedule(self) -> bool:
+        from sora.methods import get_method
         from sora.schedule import xi_values
-        from sora.train import DEFAULT_LR
 
         complete = True
         lr = best_lr("sora") or 1e-3
@@ -635,7 +636,7 @@ class Runner:
         jobs = [(f"{t}_sora_r{RANK}_seed0", t, lr, "sora", TRAIN_SAMPLES[t], SCHEDULE) for t in SCHEDULE_TASKS]
         jobs += [(f"{t}_sora_r{RANK}_seed0_trial1", t, extra_lr, "sora", TRAIN_SAMPLES[t], SCHEDULE)
                  for t, extra_lr in SCHEDULE_EXTRA]  # fmt: skip
-        jobs += [(f"{t}_sora-default_r{RANK}_seed0", t, DEFAULT_LR["sora"], "sora-default", LONG_SAMPLES[t],
+        jobs += [(f"{t}_sora-default_r{RANK}_seed0", t, get_method("sora").default_lr, "sora-default", LONG_SAMPLES[t],
                   SCHEDULE_DEFAULT) for t in SCHEDULE_DEFAULT_TASKS]  # fmt: skip
         for name, task, lr, label, samples, sched in jobs:
             gate = gate_settings(label)

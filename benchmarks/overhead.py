@@ -65,8 +65,9 @@ from transformers import (
 
 import sora
 from sora._io import write_json
+from sora.bank import gate_parameters
 from sora.config import DEFAULT_TARGET_MODULES
-from sora.layer import gate_parameters, gates
+from sora.modules import gated_modules
 from sora.tasks import gguf_cache
 
 RANK = 8
@@ -383,7 +384,7 @@ def build_workloads(setting: Setting, batch_size: int, seq_len: int, total_steps
         ),
         Workload(
             "gate_step",
-            f"gate step: SoraOptimizer.step, {len(gates(gate_model))} gates only",
+            f"gate step: SoraOptimizer.step, {len(gated_modules(gate_model))} gates only",
             repeated(gate_optimizer.step, GATE_CALLS, setting),
             sum(p.numel() for p in gate_params),
         ),

@@ -31,6 +31,8 @@ from transformers import (
 )
 
 import sora
+import sora.bank
+import sora.modules
 from sora.tasks import gguf_cache
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -187,16 +189,21 @@ def trained_like(model, seed: int = 0, dead: float = 0.5):
     return model
 
 
+def gates(model) -> list[torch.nn.Parameter]:
+    """Every module's gate (``sora_gate``), in module order."""
+    return [module.gate for module in sora.modules.gated_modules(model)]
+
+
 def gate_grads(model) -> list[torch.Tensor]:
     """Each gate's gradient, in module order: its slice of the gradient of the one tensor that trains all gates."""
-    (bank,) = sora.layer.gate_parameters(model)
-    return list(bank.grad.reshape(-1).split([g.numel() for g in sora.layer.gates(model)]))
+    (bank,) = sora.bank.gate_parameters(model)
+    return list(bank.grad.reshape(-1).split([g.numel() for g in gates(model)]))
 
 
 def named_grads(model) -> dict[str, torch.Tensor]:
     """The gradient of every trainable parameter by name, each gate's under its module's ``sora_gate``."""
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
-    bank = [n for n in grads if n.endswith(f".{sora.layer.BANK_NAME}.gates")]
+    bank = [n for n in grads if n.endswith(f".{sora.bank.BANK_NAME}.gates")]
     if bank:
         del grads[bank[0]]
         names = [n for n, _ in model.named_parameters() if n.endswith(".sora_gate")]

@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from conftest import gates
 from peft import PeftModel
 from safetensors.torch import load_file
 from test_faults import _assert_same_run, _kill_after_checkpoint, _train
@@ -26,8 +27,8 @@ from transformers import (
 )
 
 import sora
+import sora.modules
 from sora import cli
-from sora.layer import gates
 from sora.schedule import run_schedule
 
 BATCH = 16
@@ -93,7 +94,7 @@ def test_every_run_lands_within_5_percent_of_its_budget(runs):
 
 
 def _pairs(model):
-    return [(m.lora_A[a], m.lora_B[a]) for _, m, a in sora.layer.lora_layers(model)]
+    return [(m.lora_a, m.lora_b) for m in sora.modules.lora_modules(model)]
 
 
 def test_the_budget_is_not_filled_in_module_order(runs):
@@ -257,14 +258,13 @@ def test_a_contribution_budget_prunes_by_g_times_the_norms_of_b_and_a():
     are; a rank whose B column is zero dies first however large its gate."""
     model = _sora_model()
     with torch.no_grad():
-        for _, layer, adapter in sora.layer.lora_layers(model):
-            layer.lora_B[adapter].weight.normal_()
+        for module in sora.modules.lora_modules(model):
+            module.lora_b.weight.normal_()
     optimizer = sora.SoraOptimizer(model, lr=1e-2)
-    first = sora.layer.lora_layers(model)
-    _, layer, adapter = next(iter(first))
+    first = sora.modules.lora_modules(model)[0]
     with torch.no_grad():
-        layer.lora_A[adapter].sora_gate[0] = 100.0  # the largest gate of all ...
-        layer.lora_B[adapter].weight[:, 0] = 0.0  # ... on a rank that contributes nothing
+        first.gate[0] = 100.0  # the largest gate of all ...
+        first.lora_b.weight[:, 0] = 0.0  # ... on a rank that contributes nothing
     before = {id(g): g.detach().clone() for g in gates(model)}
     target = sora.SparsityBudget(target_ratio=0.5, warmup=0.0, end=0.01, score="contribution").attach(
         model, optimizer, 10
@@ -273,7 +273,7 @@ def test_a_contribution_budget_prunes_by_g_times_the_norms_of_b_and_a():
         sora.budget_step(optimizer)
     sora.budget_step(optimizer, model)
     assert sora.count_parameters(model)["nonzero"] <= target
-    assert layer.lora_A[adapter].sora_gate[0] == 0.0
+    assert first.gate[0] == 0.0
     for g in gates(model):  # survivors keep their values: a hard cut, not a soft threshold
         alive = g != 0
         assert torch.equal(g[alive], before[id(g)][alive])

@@ -2,10 +2,12 @@ import copy
 
 import pytest
 import torch
-from conftest import bert12, example_inputs, model_output, named_grads
+from conftest import bert12, example_inputs, gates, model_output, named_grads
 
 import sora
-from sora.layer import GatedLinear, detach_gate_fold, gates, lora_layers
+from sora.bank import detach_bank, gate_parameters
+from sora.layer import GatedLinear
+from sora.modules import lora_modules
 
 
 def test_soft_threshold_is_the_proximal_operator_of_l1():
@@ -78,21 +80,21 @@ def _assert_same(result, expected):
 def test_folded_gates_give_the_outputs_and_gradients_of_the_per_module_gate():
     model = _gated_model().train()
     reference = copy.deepcopy(model)
-    detach_gate_fold(reference.get_base_model())
+    detach_bank(reference.get_base_model())
     seen, seen_ref = _fold_seen(model), _fold_seen(reference)
     _assert_same(_loss_and_grads(model), _loss_and_grads(reference))
     assert seen == [True] and seen_ref == [False]
     # the fold lasts one forward pass: afterwards every layer is back to its own gate
-    for _, layer, adapter in lora_layers(model):
-        assert not layer.lora_A[adapter].sora_folded and layer.lora_B[adapter].sora_weight is None
+    for module in lora_modules(model):
+        assert not module.lora_a.sora_folded and module.lora_b.sora_weight is None
 
 
 def test_a_forward_pass_that_raises_leaves_no_fold_behind():
     model = _gated_model()
     with pytest.raises(IndexError):
         model(input_ids=torch.tensor([[10**6]]))
-    for _, layer, adapter in lora_layers(model):
-        assert not layer.lora_A[adapter].sora_folded and layer.lora_B[adapter].sora_weight is None
+    for module in lora_modules(model):
+        assert not module.lora_a.sora_folded and module.lora_b.sora_weight is None
 
 
 def test_activation_checkpointing_runs_the_per_module_gate():
@@ -122,10 +124,11 @@ def test_a_deep_copy_folds_its_own_gates():
 
 def test_every_gate_is_a_view_of_the_one_tensor_that_trains_them():
     model = _gated_model()
-    (bank,) = sora.layer.gate_parameters(model)
+    (bank,) = gate_parameters(model)
     named = dict(model.named_parameters())
-    for (name, _, _), gate in zip(lora_layers(model), gates(model), strict=True):
-        assert named[f"{name}.lora_A.default.sora_gate"] is gate and not gate.requires_grad
+    for module in lora_modules(model):
+        assert named[f"base_model.model.{module.name}.lora_A.default.sora_gate"] is module.gate
+        assert not module.gate.requires_grad
     torch.testing.assert_close(bank.detach(), torch.stack(gates(model)))
     with torch.no_grad():
         bank[0, 2] = 7.0  # what trains the bank shows in the module's sora_gate, and back
@@ -137,7 +140,7 @@ def test_every_gate_is_a_view_of_the_one_tensor_that_trains_them():
 @pytest.mark.parametrize("change", ["double", "assign", "load_state_dict"])
 def test_a_gate_given_storage_of_its_own_is_tied_back_at_the_next_forward_pass(change):
     model = _gated_model()
-    (bank,) = sora.layer.gate_parameters(model)
+    (bank,) = gate_parameters(model)
     if change == "double":
         model.double()  # converts the bank and every view apart
     elif change == "assign":
@@ -147,10 +150,10 @@ def test_a_gate_given_storage_of_its_own_is_tied_back_at_the_next_forward_pass(c
         state[next(k for k in state if k.endswith(".sora_gate"))] = torch.full((4,), 3.0)
         model.load_state_dict(state)
     reference = copy.deepcopy(model)
-    detach_gate_fold(reference.get_base_model())  # every gate a parameter of its own, multiplied in its module
+    detach_bank(reference.get_base_model())  # every gate a parameter of its own, multiplied in its module
     inputs = example_inputs("bert12")
     torch.testing.assert_close(model_output(model, inputs), model_output(reference, inputs))
-    assert sora.layer.gate_parameters(model)[0] is bank  # still the tensor an optimizer holds
+    assert gate_parameters(model)[0] is bank  # still the tensor an optimizer holds
     expected = torch.stack(gates(reference)).detach()
     torch.testing.assert_close(bank.detach(), expected)
     with torch.no_grad():

@@ -1,10 +1,11 @@
 import pytest
 import torch
-from conftest import FAMILIES, bert12, example_inputs, gpt2, model_output
+from conftest import FAMILIES, bert12, example_inputs, gates, gpt2, model_output
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
 import sora
+import sora.bank
 from sora.config import DEFAULT_TARGET_MODULES
 
 
@@ -23,8 +24,8 @@ def test_outputs_at_creation_equal_the_base_model(family):
     # every module shows its gate as a parameter sora_gate; one vector trains them all
     gate_names = [n for n, _ in model.named_parameters() if n.endswith(".sora_gate")]
     assert len(gate_names) == len(sora.gate_ranks(model)) > 0
-    (bank,) = sora.layer.gate_parameters(model)
-    assert bank.requires_grad and bank.numel() == sum(g.numel() for g in sora.layer.gates(model))
+    (bank,) = sora.bank.gate_parameters(model)
+    assert bank.requires_grad and bank.numel() == sum(g.numel() for g in gates(model))
 
 
 def test_default_targets_cover_every_weight_matrix_of_a_block():

@@ -2,10 +2,10 @@ import copy
 
 import pytest
 import torch
-from conftest import bert12, example_inputs, gate_grads
+from conftest import bert12, example_inputs, gate_grads, gates
 
 import sora
-from sora.layer import detach_gate_fold, gates
+from sora.bank import detach_bank
 
 
 def _model_with_grads(seed: int = 0):
@@ -153,7 +153,7 @@ def test_hundreds_of_steps_match_the_straightforward_reference():
     lr, xi, weight_decay, steps = 1e-3, 2e-3, 0.01, 300
     model = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4, task_type="SEQ_CLS")).double()
     reference = copy.deepcopy(model)
-    detach_gate_fold(reference.get_base_model())
+    detach_bank(reference.get_base_model())
     opt = sora.SoraOptimizer(model, lr=lr, xi=xi, weight_decay=weight_decay, threshold="constant")
     ref_gates = gates(reference)
     gate_ids = {id(g) for g in ref_gates}
@@ -188,7 +188,7 @@ def test_a_state_saved_with_a_tensor_per_gate_loads_into_the_shared_gate_tensor_
     without its fold (every gate a parameter of its own) saves exactly that layout."""
     model = _model_with_grads()
     per_gate = copy.deepcopy(model)
-    detach_gate_fold(per_gate.get_base_model())
+    detach_bank(per_gate.get_base_model())
     optimizers = [sora.SoraOptimizer(m, lr=0.05, xi=0.2) for m in (model, per_gate)]
     for m, opt in zip((model, per_gate), optimizers, strict=True):
         for _ in range(2):

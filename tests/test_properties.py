@@ -13,7 +13,8 @@ from peft.tuners.lora import LoraLayer
 from transformers import BertConfig, BertForSequenceClassification
 
 from sora import SoraConfig, SoraError, count_parameters, gate_ranks, get_sora_model, prune
-from sora.layer import lora_layers, soft_threshold
+from sora.layer import soft_threshold
+from sora.modules import lora_modules
 
 FLOAT32 = st.floats(
     min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32
@@ -86,14 +87,14 @@ def gated_models(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     model = get_sora_model(_bert2(), SoraConfig(r_max=r_max, lora_alpha=alpha, task_type="SEQ_CLS"))
     gen = torch.Generator().manual_seed(seed)
-    n_modules = len(list(lora_layers(model)))
+    n_modules = len(lora_modules(model))
     kinds = draw(st.lists(st.sampled_from(["dead", "live", "mixed"]), min_size=n_modules, max_size=n_modules))
     with torch.no_grad():
-        for (_, layer, adapter), kind in zip(lora_layers(model), kinds, strict=True):
+        for module, kind in zip(lora_modules(model), kinds, strict=True):
             # PEFT starts B at zero: give B (and A) trained-like sizes so that the branch changes the outputs
-            layer.lora_A[adapter].weight.normal_(std=0.2, generator=gen)
-            layer.lora_B[adapter].weight.normal_(std=0.2, generator=gen)
-            gate = layer.lora_A[adapter].sora_gate
+            module.lora_a.weight.normal_(std=0.2, generator=gen)
+            module.lora_b.weight.normal_(std=0.2, generator=gen)
+            gate = module.gate
             gate.copy_(torch.randn(gate.shape, generator=gen))
             if kind == "dead":
                 gate.zero_()

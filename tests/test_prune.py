@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import FAMILIES, bert12, example_inputs, model_output, trained_like
+from conftest import FAMILIES, bert12, example_inputs, gates, model_output, trained_like
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -74,7 +74,7 @@ def test_a_module_with_an_all_zero_gate_keeps_no_adapter(tmp_path):
 def test_prune_refuses_all_dead_and_non_sora_models():
     model = sora.get_sora_model(bert12(), sora.SoraConfig(r_max=4))
     with torch.no_grad():
-        for p in sora.layer.gates(model):
+        for p in gates(model):
             p.zero_()
     with pytest.raises(sora.SoraError, match="every gate is zero"):
         sora.prune(model)

@@ -18,14 +18,16 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import sora
 from sora import SoraError, quant
+from sora.bank import gate_parameters
 from sora.cli import main
 from sora.data import TaskSpec
-from sora.layer import GatedLinear, gate_parameters, lora_layers
+from sora.layer import GatedLinear
+from sora.methods import get_method
+from sora.modules import lora_modules
 from sora.run_config import TrainConfig
 from sora.tasks import EvalOptions, task_family
 from sora.tasks.causal_lm import causal_tokenizer, load_model, masked_loss, read_examples, to_dataset
 from sora.tasks.classification import load_classifier
-from sora.trainer import build
 
 bnb = pytest.importorskip("bitsandbytes")
 from peft import PeftModel  # noqa: E402
@@ -69,6 +71,13 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
+def _build(cfg: TrainConfig, model, steps: int):
+    """The model and optimizer of ``cfg``'s method, for a causal LM."""
+    return get_method(cfg.method).build(
+        cfg, model, task_type=CAUSAL.task_type, heads=CAUSAL.heads(model), total_steps=steps
+    )
+
+
 def _cfg(tmp_path, method: str, **kwargs) -> TrainConfig:
     return TrainConfig(task="causal-lm", output_dir=str(tmp_path), method=method, r=4, load_in_4bit=True, **kwargs)
 
@@ -76,7 +85,7 @@ def _cfg(tmp_path, method: str, **kwargs) -> TrainConfig:
 @pytest.fixture(scope="module")
 def trained(llama_dir, tmp_path_factory):
     """SoRA trained on a 4-bit tiny Llama for a few steps (losses per step), then pruned and saved."""
-    model, optimizer = build(_cfg(tmp_path_factory.mktemp("run"), "sora", lr=1e-2), _load(llama_dir), CAUSAL, 12)
+    model, optimizer = _build(_cfg(tmp_path_factory.mktemp("run"), "sora", lr=1e-2), _load(llama_dir), 12)
     ids, losses = _batch(), []
     model.train()
     for step in range(12):
@@ -95,13 +104,13 @@ def trained(llama_dir, tmp_path_factory):
 
 
 def test_4bit_sora_gates_sit_on_peft_4bit_layers(llama_dir, tmp_path):
-    model, _ = build(_cfg(tmp_path, "sora"), _load(llama_dir), CAUSAL, 10)
-    layers = list(lora_layers(model))
-    assert len(layers) == 2 * 7 and all(isinstance(layer, Linear4bit) for _, layer, _ in layers)
-    assert all(isinstance(layer.lora_A[a], GatedLinear) for _, layer, a in layers)
-    assert len(gate_parameters(model)) == 1  # the gate bank (GateFold) applies
-    assert quant.is_4bit(model)
+    model, _ = _build(_cfg(tmp_path, "sora"), _load(llama_dir), 10)
+    modules = lora_modules(model)
     base = model.get_base_model()
+    assert len(modules) == 2 * 7 and all(isinstance(base.get_submodule(m.name), Linear4bit) for m in modules)
+    assert all(isinstance(m.lora_a, GatedLinear) for m in modules)
+    assert len(gate_parameters(model)) == 1  # the gate bank applies
+    assert base.is_loaded_in_4bit
     assert base.lm_head.weight.dtype == torch.float32  # transformers' default skip: the LM head stays unquantized
     assert isinstance(base.model.layers[0].mlp.up_proj.base_layer.weight, bnb.nn.Params4bit)
 
@@ -109,7 +118,7 @@ def test_4bit_sora_gates_sit_on_peft_4bit_layers(llama_dir, tmp_path):
 def test_4bit_gated_forward_is_b_diag_g_a(llama_dir, tmp_path):
     """Inside a model's forward pass (the gate folded into B) and called on its own (the per-module gate), a 4-bit
     LoRA layer computes ``W_nf4·x + s·B·diag(g)·A·x``."""
-    model, _ = build(_cfg(tmp_path, "sora"), _load(llama_dir), CAUSAL, 10)
+    model, _ = _build(_cfg(tmp_path, "sora"), _load(llama_dir), 10)
     trained_like(model, seed=3)
     layer = model.get_base_model().model.layers[1].self_attn.v_proj
     seen = {}
@@ -139,7 +148,7 @@ def test_4bit_sora_trains_and_its_loss_falls(trained):
 
 @pytest.mark.parametrize("method", ["lora", "adalora"])
 def test_4bit_lora_and_adalora_build_and_backpropagate(llama_dir, tmp_path, method):
-    model, _ = build(_cfg(tmp_path, method), _load(llama_dir), CAUSAL, 10)
+    model, _ = _build(_cfg(tmp_path, method), _load(llama_dir), 10)
     kind = Linear4bit if method == "lora" else SVDLinear4bit
     layers = [m for m in model.modules() if isinstance(m, kind)]
     assert len(layers) == 2 * 7

@@ -15,8 +15,9 @@ from transformers import AutoModelForSequenceClassification
 from sora import SoraError
 from sora.cli import main
 from sora.data import TaskSpec
+from sora.methods import METHODS
 from sora.tasks.classification import load_classifier
-from sora.train import METHODS, TrainConfig, evaluate_adapter, train
+from sora.train import TrainConfig, evaluate_adapter, train
 
 TINY = [
     "--max-train-samples",
@@ -80,7 +81,7 @@ def runs(tmp_path_factory, glue_dir):
     return {m: (base / m, _train(base / m, "rte", m, glue_dir, *SPARSE)) for m in METHODS}
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_writes_a_complete_run_folder(runs, method):
     out, metrics = runs[method]
     assert METRIC_KEYS <= metrics.keys()

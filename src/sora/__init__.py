@@ -3,13 +3,14 @@
 from . import quant as quant  # first: it holds back bitsandbytes' import-time warning before peft imports bitsandbytes
 
 # isort: split
-from .budget import BudgetCallback, SparsityBudget, budget_step
+from .budget import SparsityBudget, budget_step
 from .config import SoraConfig
 from .errors import SoraError
 from .layer import soft_threshold
 from .model import count_parameters, gate_ranks, get_sora_model, load_sora, save_sora
 from .optim import SoraOptimizer
 from .prune import merge, prune
+from .trainer import BudgetCallback
 
 __all__ = [
     "BudgetCallback",

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from .layer import gate_parameters
+from .bank import gate_parameters
+from .modules import gate_vector
 from .optim import as_sora_optimizer
 
 
@@ -56,5 +57,5 @@ def gate_vectors(model: torch.nn.Module, optimizer: Any) -> tuple[torch.Tensor, 
     optimizer = as_sora_optimizer(optimizer)
     if optimizer is None or "initial_gates" not in optimizer.gate_group:
         return None
-    final = torch.cat([g.detach().reshape(-1) for g in gate_parameters(model)]).float().cpu()
+    final = gate_vector(gate_parameters(model), gathered=True)
     return torch.tensor(optimizer.gate_group["initial_gates"], dtype=torch.float32), final

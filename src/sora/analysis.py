@@ -27,6 +27,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from sora._io import atomic_write, write_json, write_text
 from sora.errors import SoraError
+from sora.methods import METHODS
 
 DPI = 120
 FIG_WIDTH = 8.0
@@ -417,7 +418,7 @@ def _report_blocks(runs: list[_Run], files_dir: Path) -> list[_Block]:
         ("p", "Dev metrics are those of the kept checkpoint; metrics to 4 decimals, times in seconds."),
         _comparison_table(runs),
     ]
-    sora_runs = [run for run in runs if run.metrics.get("method") == "sora"]
+    sora_runs = [run for run in runs if getattr(METHODS.get(run.metrics.get("method")), "gated", False)]
     if sora_runs:
         blocks.append(("h", 2, "Kept ranks of the SoRA runs"))
     for index, run in enumerate(sora_runs):

@@ -46,11 +46,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
+from .bank import gate_parameters
 from .errors import SoraError
-from .layer import GatedLinear, gate_parameters, lora_layers, soft_threshold
+from .layer import soft_threshold
 from .model import live_params, rank_sizes
+from .modules import gate_vector, gated_modules
 from .optim import SoraOptimizer, as_sora_optimizer
 
 HOLD_XI = 0.5  # the controller's first xi: sora train's default (BENCHMARKS.md)
@@ -73,7 +74,7 @@ class SparsityBudget:
             sora.budget_step(optimizer)              # after the LR scheduler's step, before zero_grad
             optimizer.zero_grad()
 
-    ``sora train --target-ratio / --target-params`` does this through :class:`BudgetCallback`.
+    ``sora train --target-ratio / --target-params`` does this through :class:`sora.trainer.BudgetCallback`.
     """
 
     def __init__(
@@ -129,7 +130,7 @@ class SparsityBudget:
         group = optimizer.gate_group
         group.update(
             budget_target=target,
-            budget_start=live_params(_flat(gate_list), sizes),
+            budget_start=live_params(gate_vector(gate_list, gathered=False), sizes),
             budget_total_steps=total_steps,
             budget_step=0,
             budget_warmup=self.warmup,
@@ -148,17 +149,13 @@ def _is_number(value: Any) -> bool:
 
 
 def _gates_and_sizes(model: nn.Module) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The tensors that hold ``model``'s gates (:func:`sora.layer.gate_parameters`: one for all modules) and, per gate
-    entry in their order, the parameters its rank holds (:func:`sora.model.rank_sizes`)."""
+    """The tensors that hold ``model``'s gates (:func:`sora.bank.gate_parameters`: one for all modules) and, per gate
+    entry, the parameters its rank holds (:func:`sora.model.rank_sizes`): both in the order of
+    :func:`sora.modules.gated_modules`, the bank's rows too."""
     sizes = rank_sizes(model)
     if not len(sizes):
         raise SoraError("the model has no SoRA gates: build it with sora.get_sora_model")
     return gate_parameters(model), sizes
-
-
-def _flat(gate_list: list[torch.Tensor]) -> torch.Tensor:
-    """All gates in one float32 CPU vector, in module order (one device-to-host copy, not one per gate)."""
-    return torch.cat([g.detach().reshape(-1) for g in gate_list]).float().cpu()
 
 
 def planned_params(group: dict[str, Any], step: int) -> int:
@@ -187,11 +184,7 @@ def keep_threshold(values: torch.Tensor, sizes: torch.Tensor, budget: int) -> fl
 
 def _contributions(model: nn.Module, flat: torch.Tensor) -> torch.Tensor:
     """``|g_i|·‖B[:, i]‖·‖A[i, :]‖`` of every gate entry (``flat``: the gates, in module order)."""
-    norms = [
-        (lora_a.weight.norm(dim=1) * layer.lora_B[adapter].weight.norm(dim=0)).float().cpu()
-        for _, layer, adapter in lora_layers(model)
-        if isinstance(lora_a := layer.lora_A[adapter], GatedLinear)
-    ]
+    norms = [(m.lora_a.weight.norm(dim=1) * m.lora_b.weight.norm(dim=0)).float().cpu() for m in gated_modules(model)]
     return flat.abs() * torch.cat(norms)
 
 
@@ -209,7 +202,7 @@ def budget_step(optimizer: SoraOptimizer, model: nn.Module | None = None) -> Non
     group["budget_step"] += 1
     step, total = group["budget_step"], group["budget_total_steps"]
     gate_list, sizes = group["params"], torch.tensor(group["budget_sizes"])
-    flat = _flat(gate_list)
+    flat = gate_vector(gate_list, gathered=False)
     plan, natural = planned_params(group, step), live_params(flat, sizes)
     scores = _contributions(model, flat) if by_contribution else flat
     tau = keep_threshold(scores, sizes, plan) if natural > plan else 0.0
@@ -241,19 +234,3 @@ def budget_target(optimizer: Any) -> int | None:
     """The target in parameters of the budget attached to ``optimizer``, or None."""
     optimizer = as_sora_optimizer(optimizer)
     return None if optimizer is None else optimizer.gate_group.get("budget_target")
-
-
-class BudgetCallback(TrainerCallback):
-    """Drives the budget attached to a :class:`SoraOptimizer` from ``transformers.Trainer``: the run length is the
-    Trainer's ``max_steps``, and :func:`budget_step` runs at every step end (after the LR scheduler's step, before
-    the checkpoint of that step is saved, so a checkpoint holds the state its step left)."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        optimizer = as_sora_optimizer(kwargs.get("optimizer"))
-        if optimizer is not None and "budget_target" in optimizer.gate_group:
-            optimizer.gate_group["budget_total_steps"] = state.max_steps  # after a resume: the same value
-
-    def on_step_end(self, args, state, control, **kwargs):
-        optimizer = as_sora_optimizer(kwargs.get("optimizer"))
-        if optimizer is not None:
-            budget_step(optimizer, kwargs.get("model"))

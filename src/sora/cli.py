@@ -56,7 +56,8 @@ def _numbers(flag: str, text: str, kind: str) -> list[float]:
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .run_config import DEFAULT_LR, METHODS, TrainConfig
+    from .methods import METHODS
+    from .run_config import TrainConfig
 
     d = {f.name: f.default for f in fields(TrainConfig)}  # one source of defaults: TrainConfig
 
@@ -64,7 +65,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         "--task", required=True, help="cola sst2 mrpc qqp stsb mnli qnli rte wnli, custom, or causal-lm (decoders)"
     )
     p.add_argument("--output-dir", required=True, help="the run folder (new, empty, or this run's own with --resume)")
-    p.add_argument("--method", default=d["method"], choices=METHODS)
+    p.add_argument("--method", default=d["method"], choices=list(METHODS))
     p.add_argument(
         "--model",
         default=None,
@@ -96,7 +97,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         help="a number, or randn (default: randn; 1.0 with a budget: --target-ratio, --target-params, --target-list)",
     )
     p.add_argument("--gate-seed", type=int, default=None, help="seed of the randn gates alone (default: --seed's)")
-    p.add_argument("--lr", type=float, default=None, help=f"default per method: {DEFAULT_LR}")
+    lrs = ", ".join(f"{name} {method.default_lr:g}" for name, method in METHODS.items())
+    p.add_argument("--lr", type=float, default=None, help=f"default per method: {lrs}")
     p.add_argument("--epochs", type=float, default=d["epochs"])
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--max-seq-length", type=int, default=d["max_seq_length"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +15,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._io import atomic_write
+from .bank import attach_bank, gate_parameters
 from .config import SoraConfig
 from .errors import SoraError
-from .layer import GATE_NAME, GatedLinear, add_gate, attach_gate_fold, gate_parameters, lora_layers
-from .sharding import full
+from .layer import GATE_NAME, add_gate
+from .modules import LoraModule, gate_vector, gated_modules, lora_modules
 
 WEIGHTS_NAME = "sora_model.safetensors"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -30,7 +30,7 @@ def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
 
     B starts at zero (PEFT's default init), so the outputs equal the base model's at creation. Trainable: A, B, the
     gates and ``modules_to_save``. Each forward pass of the model folds all gates into B at once
-    (:class:`sora.layer.GateFold`), so the step costs about what a LoRA step costs.
+    (:mod:`sora.bank`), so the step costs about what a LoRA step costs.
     """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     lora_config = config.to_lora_config(model_type)
@@ -43,9 +43,9 @@ def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
             f"target_modules {lora_config.target_modules!r} do not fit this {model_type or 'model'}: {first}"
         ) from None
     generator = None if config.gate_seed is None else torch.Generator().manual_seed(config.gate_seed)
-    for _, layer, adapter in lora_layers(peft_model):
-        add_gate(layer, adapter, config.gate_init, generator)
-    attach_gate_fold(peft_model, peft_model.get_base_model())
+    for module in lora_modules(peft_model):
+        add_gate(module.lora_a, module.lora_b, config.gate_init, generator)
+    attach_bank(peft_model, peft_model.get_base_model())
     peft_model.sora_config = config
     return peft_model
 
@@ -59,63 +59,52 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
-def relative_name(model: nn.Module, name: str) -> str:
-    """A module name relative to the transformers model inside a PeftModel (the names target_modules use)."""
-    return re.sub(r"^base_model\.model\.", "", name) if isinstance(model, PeftModel) else name
-
-
 def gate_ranks(model: nn.Module) -> dict[str, int]:
     """Module name -> rank: the number of non-zero gate entries (or LoRA's ``r`` for an ungated, pruned module)."""
-    return {relative_name(model, name): _rank(layer.lora_A[adapter]) for name, layer, adapter in lora_layers(model)}
+    modules = lora_modules(model)
+    return dict(zip((m.name for m in modules), _ranks(modules), strict=True))
 
 
-def _rank(lora_a: nn.Linear) -> int:
-    # a sharded gate (FSDP) is gathered first: counted on a shard, it would give that shard's count
-    return int(torch.count_nonzero(full(lora_a.sora_gate))) if isinstance(lora_a, GatedLinear) else lora_a.out_features
+def _ranks(modules: list[LoraModule]) -> list[int]:
+    """The rank of each module: live gate entries, read with one device sync (a sharded gate is gathered: counted on
+    a shard, it would give that shard's count), or the whole ``r`` of an ungated module."""
+    gates = [m.gate for m in modules if m.gate is not None]
+    live = (gate_vector(gates, gathered=True) != 0).split([g.numel() for g in gates]) if gates else ()
+    counts = iter(int(alive.sum()) for alive in live)
+    return [next(counts) if m.gate is not None else m.lora_a.out_features for m in modules]
 
 
 def rank_sizes(model: nn.Module) -> torch.Tensor:
-    """Per gate entry, in the order of :func:`sora.layer.gate_parameters`: the parameters its rank holds,
-    ``d_in + d_out`` of its module (int64; empty without gates)."""
-    sizes = [
-        torch.full((lora_a.out_features,), lora_a.in_features + layer.lora_B[adapter].out_features, dtype=torch.int64)
-        for _, layer, adapter in lora_layers(model)
-        if isinstance(lora_a := layer.lora_A[adapter], GatedLinear)
-    ]
+    """Per gate entry, in the order of every gate vector (:func:`sora.modules.gated_modules`): the parameters its
+    rank holds, ``d_in + d_out`` of its module (int64; empty without gates)."""
+    sizes = [torch.full((m.gate.numel(),), m.rank_size, dtype=torch.int64) for m in gated_modules(model)]
     return torch.cat(sizes) if sizes else torch.zeros(0, dtype=torch.int64)
 
 
 def live_params(gate_values: torch.Tensor, sizes: torch.Tensor) -> int:
     """The non-zero adapter parameters of gates ``gate_values`` (all entries, flat) whose ranks hold ``sizes``:
-    ``sum_i rank_i · (d_in_i + d_out_i)``, what the pruned LoRA holds. The one count of live parameters: the logs,
-    :func:`count_parameters` and the sparsity budget all use it."""
+    ``sum_i rank_i · (d_in_i + d_out_i)``, what the pruned LoRA holds (the sparsity budget counts with it)."""
     return int(sizes[gate_values != 0].sum())
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Exact parameter counts from the shapes.
+    """Exact parameter counts from the shapes, in one walk of the model and one device sync.
 
     ``trainable``: every parameter that trains now. ``adapter``: A, B and the gates. ``nonzero``: what the pruned LoRA
-    holds, :func:`live_params` of the gates plus the whole rank of every module without a gate (a pruned one).
+    holds, ``rank · (d_in + d_out)`` summed over the modules (live gate entries, or the whole rank of a module without
+    a gate: a pruned one). ``live_ranks``: those ranks, summed.
     """
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    adapter = nonzero = 0
-    gate_values = []
-    for _, layer, adapter_name in lora_layers(model):
-        lora_a, lora_b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
-        adapter += sum(p.numel() for p in (*lora_a.parameters(), *lora_b.parameters()))
-        if isinstance(lora_a, GatedLinear):
-            gate_values.append(full(lora_a.sora_gate.detach()).reshape(-1).cpu())
-        else:
-            nonzero += lora_a.out_features * (lora_a.in_features + lora_b.out_features)
-    if gate_values:
-        nonzero += live_params(torch.cat(gate_values), rank_sizes(model))
-    return {"trainable": trainable, "adapter": adapter, "nonzero": nonzero}
+    modules = lora_modules(model)
+    ranks = _ranks(modules)
+    adapter = sum(p.numel() for m in modules for p in (*m.lora_a.parameters(), *m.lora_b.parameters()))
+    nonzero = sum(rank * m.rank_size for rank, m in zip(ranks, modules, strict=True))
+    return {"trainable": trainable, "adapter": adapter, "nonzero": nonzero, "live_ranks": sum(ranks)}
 
 
 def _saved_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """What :func:`save_sora` writes: the trainable parameters, the gates under their modules' names (``sora_gate``)
-    rather than the one tensor of :class:`sora.layer.GateFold` that trains them."""
+    rather than the one tensor of the gate bank (:mod:`sora.bank`) that trains them."""
     banks = {id(p) for p in gate_parameters(model)}
     return {
         n: p

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .bank import gate_parameters
 from .errors import SoraError
-from .layer import gate_parameters
+from .modules import gate_vector
 
 GATE_UPDATES = ("adamw", "sgd")
 THRESHOLDS = ("paper", "constant")
@@ -88,7 +89,7 @@ class SoraOptimizer(torch.optim.AdamW):
                 "gate_update": gate_update,
                 "threshold": threshold,
                 # where the gates started: what sora.allocation compares the survivors with (saved, so resume keeps it)
-                "initial_gates": torch.cat([p.detach().reshape(-1) for p in gate_params]).float().cpu().tolist(),
+                "initial_gates": gate_vector(gate_params, gathered=False).tolist(),
             }
         )
         # foreach: each Adam operation runs over all tensors of a group in one multi-tensor call, not once per

@@ -15,10 +15,10 @@ import re
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
+from .bank import detach_bank
 from .errors import SoraError
-from .layer import GatedLinear, detach_gate_fold, lora_layers
-from .model import quiet_peft, relative_name
-from .quant import is_4bit
+from .model import quiet_peft
+from .modules import gated_modules
 
 
 def _pattern(name: str) -> str:
@@ -53,19 +53,15 @@ def prune(model: PeftModel) -> PeftModel:
     if not hasattr(model, "sora_config"):
         raise SoraError("prune() needs a SoRA model from sora.get_sora_model")
     pruned: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, layer, adapter in lora_layers(model):
-        lora_a, lora_b = layer.lora_A[adapter], layer.lora_B[adapter]
-        if not isinstance(lora_a, GatedLinear):
-            continue
-        gate = lora_a.sora_gate.detach()
+    for module in gated_modules(model):
+        gate, b = module.gate.detach(), module.lora_b.weight
         live = gate != 0
         if live.any():
-            b = lora_b.weight[:, live] * gate[live].to(lora_b.weight.dtype)
-            pruned[relative_name(model, name)] = (lora_a.weight[live].clone(), b)
+            pruned[module.name] = (module.lora_a.weight[live].clone(), b[:, live] * gate[live].to(b.dtype))
     if not pruned:
         raise SoraError("every gate is zero: no LoRA module survives pruning (lower xi)")
     config = pruned_config(model, {n: a.shape[0] for n, (a, _) in pruned.items()})
-    detach_gate_fold(model.get_base_model())
+    detach_bank(model.get_base_model())
     base = model.unload()
     with torch.random.fork_rng(devices=[]), quiet_peft():  # PEFT's init of the new layers must not move the RNG
         result = get_peft_model(base, config)
@@ -84,7 +80,8 @@ def merge(model: PeftModel) -> torch.nn.Module:
     A 4-bit base is refused: PEFT's ``merge_and_unload`` would re-quantize the merged weights to NF4 and round most of
     the adapter's delta away. Load the base in full precision, load the adapter onto it, and merge that.
     """
-    if is_4bit(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "is_loaded_in_4bit", False):
         raise SoraError(
             "cannot merge into a 4-bit base: NF4 would round the adapter away; load the base in full precision, "
             "load the adapter onto it (PeftModel.from_pretrained) and merge that"

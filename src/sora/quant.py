@@ -29,7 +29,6 @@ from typing import Any
 
 from .errors import SoraError
 
-METHODS_4BIT = ("sora", "lora", "adalora")
 _KERNELS_LOGGER = "bitsandbytes.backends.cpu.ops"  # where bitsandbytes logs its missing-`kernels` warning
 KERNELS_NOTE = (
     "sora: note: 4-bit on the CPU runs bitsandbytes' plain CPU kernels: its faster NF4 matmul comes from the "
@@ -65,14 +64,9 @@ def bitsandbytes_available() -> bool:
         return False
 
 
-def check_4bit(method: str, fsdp: bool = False) -> None:
-    """Refuse what ``--load-in-4bit`` cannot do, in one line: a method that trains the base weights, sharding, and a
-    machine without bitsandbytes."""
-    if method not in METHODS_4BIT:
-        raise SoraError(
-            f"--load-in-4bit freezes the base in 4 bits and trains an adapter: --method {method} trains base weights; "
-            f"use {', '.join(METHODS_4BIT)}"
-        )
+def check_4bit(fsdp: bool = False) -> None:
+    """Refuse what ``--load-in-4bit`` cannot do, in one line: sharding, and a machine without bitsandbytes (the
+    methods that train an adapter on a 4-bit base: ``TrainConfig`` checks them)."""
     if fsdp:
         raise SoraError("--load-in-4bit does not shard: drop --fsdp (4-bit weights are not sharded here)")
     if not bitsandbytes_available():
@@ -127,12 +121,6 @@ def prepare(model: Any) -> Any:
         _KernelsWarning.noted = True
         print(KERNELS_NOTE, file=sys.stderr)
     return model
-
-
-def is_4bit(model: Any) -> bool:
-    """Whether ``model`` (a transformers model, or a PeftModel around one) was loaded in 4 bits."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return bool(getattr(base, "is_loaded_in_4bit", False))
 
 
 quiet_bitsandbytes()  # at import: `import sora` imports this module before anything imports peft

@@ -1,4 +1,4 @@
-"""A run's settings: ``TrainConfig``, saved as ``run_config.json`` in the run folder, and the methods it names."""
+"""A run's settings: ``TrainConfig``, saved as ``run_config.json`` in the run folder."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ from transformers.integrations import INTEGRATION_TO_CALLBACK
 
 from .budget import SparsityBudget
 from .errors import SoraError
+from .methods import get_method, names
 from .quant import check_4bit
 
-METHODS = ("sora", "lora", "adalora", "full", "bitfit")
-# Learning rates per method when --lr is not given (see BENCHMARKS.md for the evidence behind them). AdaLoRA's
-# adapter starts at zero singular values with N(0, 0.02) factors, so in a few epochs it needs a larger rate than LoRA:
-# 5e-3 was its best on MRPC, CoLA and RTE together in the search over 1e-3 to 1e-2 ("Defaults").
-DEFAULT_LR = {"sora": 1e-3, "lora": 1e-3, "adalora": 5e-3, "full": 5e-5, "bitfit": 1e-3}
 # A budgeted run's gates start equal, so that the gradients, not the initial sizes, order them (BENCHMARKS.md)
 BUDGET_GATE_INIT = 1.0
 
@@ -84,10 +80,9 @@ class TrainConfig:
     budget_score: str | None = None  # SoRA budget: what its top-up ranks by (sora.budget.SCORES; None: contribution)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SoraError(f"unknown method {self.method!r}; known methods: {', '.join(METHODS)}")
+        method = get_method(self.method)
         if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
+            self.lr = method.default_lr
         for name in ("lr", "epochs", "batch_size", "max_seq_length", "r", "lora_alpha", "logging_steps"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -106,8 +101,11 @@ class TrainConfig:
         if self.report_to not in reporters:
             raise SoraError(f"unknown --report-to {self.report_to!r}; known: {', '.join(reporters)}")
         if self.budgeted:
-            if self.method != "sora":
-                raise SoraError(f"--target-ratio / --target-params are for --method sora, not {self.method!r}")
+            if not method.budget:
+                raise SoraError(
+                    f"--target-ratio / --target-params are for --method {' or '.join(names('budget'))}, "
+                    f"not {self.method!r}"
+                )
             self.gate_init = BUDGET_GATE_INIT if self.gate_init is None else self.gate_init
             self.budget_score = self.budget_score or "contribution"
             SparsityBudget(self.target_ratio, self.target_params, score=self.budget_score)  # checks the values
@@ -115,8 +113,15 @@ class TrainConfig:
             raise SoraError("--budget-score ranks a budget's top-up: it needs --target-ratio or --target-params")
         if self.gate_init is None:
             self.gate_init = "randn"
+        if self.fsdp and not method.fsdp:
+            raise SoraError(f"--fsdp trains --method {' or '.join(names('fsdp'))}, not {self.method!r}")
+        if self.load_in_4bit and not method.load_in_4bit:
+            raise SoraError(
+                f"--load-in-4bit freezes the base in 4 bits and trains an adapter: --method {self.method} trains base "
+                f"weights; use {', '.join(names('load_in_4bit'))}"
+            )
         if self.load_in_4bit:
-            check_4bit(self.method, self.fsdp)
+            check_4bit(self.fsdp)
 
     @property
     def budgeted(self) -> bool:

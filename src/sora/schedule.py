@@ -38,9 +38,10 @@ from transformers import DataCollatorWithPadding, get_constant_schedule_with_war
 
 from . import _io
 from .analysis import plot_schedule_curves, read_train_log
-from .budget import BudgetCallback, SparsityBudget
+from .budget import SparsityBudget
 from .data import subsample
 from .errors import SoraError
+from .methods import get_method, names
 from .model import count_parameters, gate_ranks, load_sora, save_sora
 from .optim import SoraOptimizer
 from .prune import prune
@@ -49,7 +50,7 @@ from .run_folder import RUN_MARKER, eval_batch_size, export, prepare_output
 from .sharding import fsdp_launched
 from .tasks import classification, task_family
 from .train import with_default_model
-from .trainer import SoraTrainer, StepHooks, build, training_args
+from .trainer import BudgetCallback, SoraTrainer, StepHooks, training_args
 
 SCHEDULE_FILE = "schedule.json"
 
@@ -132,8 +133,9 @@ def run_schedule(
     stage's target. Its top-up ranks by ``budget_score`` (``sora train --target-ratio``'s default, "contribution";
     the paper's is "gate"), and ``sora schedule --target-list`` starts the gates at 1.0 as ``sora train`` does.
     """
-    if cfg.method != "sora":
-        raise SoraError(f"the sparsifying scheduler trains SoRA, not method {cfg.method!r}")
+    method = get_method(cfg.method)
+    if not method.schedule:
+        raise SoraError(f"the sparsifying scheduler trains {' or '.join(names('schedule'))}, not {cfg.method!r}")
     if cfg.fsdp or fsdp_launched():
         raise SoraError("the sparsifying scheduler runs in one process only: FSDP (--fsdp) is for sora train")
     if task_family(cfg.task) is not classification.FAMILY:
@@ -159,7 +161,10 @@ def run_schedule(
     if rows:  # the saved param groups restore every hyperparameter (lr, xi, threshold, ...): only the grouping matters
         model, optimizer = load_sora(model, _state_dir(out, len(rows)), lambda m: SoraOptimizer(m, lr=cfg.lr))
     else:
-        model, optimizer = build(cfg, model, classification.FAMILY, steps * len(xis))
+        family = classification.FAMILY
+        model, optimizer = method.build(
+            cfg, model, task_type=family.task_type, heads=family.heads(model), total_steps=steps * len(xis)
+        )
     schedule = {
         "task": cfg.task,
         "schedule": "targets" if targets is not None else _schedule_name(xis),
@@ -199,7 +204,7 @@ def run_schedule(
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
             optimizers=(optimizer, scheduler),
-            callbacks=[StepHooks(model, cfg.method), BudgetCallback()],
+            callbacks=[StepHooks(model, method), BudgetCallback()],
         )
         started = time.perf_counter()
         trainer.train()

@@ -2,12 +2,12 @@
 
 :func:`shard_model` applies torch's FSDP2 (``torch.distributed.fsdp.fully_shard``) itself, to every transformer block
 and then the whole model, on CPU (gloo) as on GPUs: accelerate's FSDP plugin shards only on accelerators (on CPU it
-falls back to DDP), and the Trainer accepts a model that arrives sharded (``is_distributed_loading_by_transformers``:
-it neither wraps it in DDP nor shards it again). Every parameter is then a ``DTensor`` holding a slice of its rows on
-each process. The gates are per-module parameters there (the gate bank, :class:`sora.layer.GateFold`, steps aside:
-:func:`sora.trainer.build`), so each gate is sharded with its block, and the proximal step is elementwise: it runs on
-the shards as is. What reads whole tensors gathers them here: the live-rank counts of the log rows, the NaN check of
-every step, the checkpoints (written in the one-process format: ``adapter_model.safetensors`` and a whole
+falls back to DDP), and the Trainer accepts a model that arrives sharded (``is_distributed_loading_by_transformers``: it
+neither wraps it in DDP nor shards it again). Every parameter is then a ``DTensor`` holding a slice of its rows on each
+process. The gates are per-module parameters there (the gate bank, :mod:`sora.bank`, steps aside:
+:meth:`sora.methods.Method.build`), so each gate is sharded with its block, and the proximal step is elementwise: it
+runs on the shards as is. What reads whole tensors gathers them here: the live-rank counts of the log rows, the NaN
+check of every step, the checkpoints (written in the one-process format: ``adapter_model.safetensors`` and a whole
 ``optimizer.pt``, on rank 0) and the export at the end (:func:`unshard_adapter`). Every function that gathers is a
 collective: every process must call it, in the same order.
 """
@@ -22,38 +22,7 @@ import torch
 from torch import nn
 
 from .errors import SoraError
-
-FSDP_METHODS = ("sora", "lora")  # the adapters a sharded run trains and exports (PEFT models)
-
-
-def _dtensor() -> type | None:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch without distributed support
-        return None
-    return DTensor
-
-
-def is_sharded(tensor: Any) -> bool:
-    """Whether ``tensor`` is a DTensor (a shard of a tensor spread over the processes)."""
-    dtensor = _dtensor()
-    return dtensor is not None and isinstance(tensor, dtensor)
-
-
-def full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: ``tensor`` itself, or the gathered DTensor (a collective) as a plain tensor."""
-    if not is_sharded(tensor):
-        return tensor
-    from torch.distributed._functional_collectives import AsyncCollectiveTensor
-
-    value = tensor.full_tensor()
-    # the gather may still be in flight: its storage is not the tensor's until waited on (reading it crashes)
-    return value.wait() if isinstance(value, AsyncCollectiveTensor) else value
-
-
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's part of ``tensor``: its shard of a DTensor, else the tensor itself."""
-    return tensor.to_local() if is_sharded(tensor) else tensor
+from .modules import full, is_sharded
 
 
 def any_everywhere(flag: bool, like: list[torch.Tensor]) -> bool:
@@ -87,9 +56,9 @@ def zero3_launched() -> bool:
     return stage == "3"
 
 
-def check_fsdp(fsdp: bool, method: str, budgeted: bool) -> bool:
-    """Whether a run of ``method`` (with a sparsity budget: ``budgeted``) shards its parameters (``fsdp``:
-    ``--fsdp``); a setting it cannot run is a one-line :class:`SoraError`."""
+def check_fsdp(fsdp: bool, budgeted: bool) -> bool:
+    """Whether a run (with a sparsity budget: ``budgeted``) shards its parameters (``fsdp``: ``--fsdp``); a setting
+    it cannot run is a one-line :class:`SoraError` (the methods that shard: ``TrainConfig`` checks them)."""
     if zero3_launched():
         raise SoraError(
             "DeepSpeed ZeRO-3 does not run sora train (SoRA's optimizer and gates are hidden in its partitions): "
@@ -104,8 +73,6 @@ def check_fsdp(fsdp: bool, method: str, budgeted: bool) -> bool:
         return False
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise SoraError("--fsdp shards the parameters over several processes: launch with torchrun or accelerate")
-    if method not in FSDP_METHODS:
-        raise SoraError(f"--fsdp trains --method {' or '.join(FSDP_METHODS)}, not {method!r}")
     if budgeted:
         raise SoraError("--target-ratio / --target-params do not run with --fsdp (the budget reads whole gates)")
     return True

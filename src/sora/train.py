@@ -1,11 +1,11 @@
 """A run end to end: ``train(TrainConfig(...))`` and ``evaluate_adapter`` (``sora train`` / ``sora eval``).
 
-``train`` loads the task through its family (:mod:`sora.tasks`), fine-tunes with one of ``METHODS`` on the Trainer
-(:mod:`sora.trainer`), keeps the best dev checkpoint (as the paper does), exports the final adapter (SoRA pruned to
-a standard LoRA adapter) and writes the run folder (:mod:`sora.run_folder`): ``metrics.json``, ``adapter/``,
-``ranks.json``, ``ranks.png``, ``train_log.jsonl``, ``checkpoints/``; SoRA also ``gates.safetensors`` (the gate
-vectors at the start and the end, flat, in module order: :mod:`sora.allocation` reads them). ``evaluate_adapter``
-scores an exported adapter the same way, on the same examples.
+``train`` loads the task through its family (:mod:`sora.tasks`), fine-tunes with a method of the registry
+(:mod:`sora.methods`) on the Trainer (:mod:`sora.trainer`), keeps the best dev checkpoint (as the paper does), exports
+the final adapter (SoRA pruned to a standard LoRA adapter) and writes the run folder (:mod:`sora.run_folder`):
+``metrics.json``, ``adapter/``, ``ranks.json``, ``ranks.png``, ``train_log.jsonl``, ``checkpoints/``; SoRA also
+``gates.safetensors`` (the gate vectors at the start and the end, flat, in module order: :mod:`sora.allocation` reads
+them). ``evaluate_adapter`` scores an exported adapter the same way, on the same examples.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from transformers import TrainerCallback
 
 from . import _io
 from .allocation import gate_vectors, init_overlap
-from .budget import BudgetCallback, budget_target
+from .budget import budget_target
 from .errors import SoraError
-from .prune import prune
-from .run_config import DEFAULT_LR, METHODS, TrainConfig
+from .methods import get_method
+from .run_config import TrainConfig
 from .run_folder import (
     RUN_MARKER,
     eval_batch_size,
@@ -39,10 +39,10 @@ from .run_folder import (
 )
 from .sharding import check_fsdp, unshard_adapter
 from .tasks import EvalOptions, task_family
-from .trainer import SoraTrainer, StepHooks, adapter_ranks, build, max_rank, nonzero_params, training_args
+from .trainer import BudgetCallback, SoraTrainer, StepHooks, training_args
 
 GATES_FILE = "gates.safetensors"
-__all__ = ["DEFAULT_LR", "METHODS", "TrainConfig", "evaluate_adapter", "summary_line", "train", "with_default_model"]
+__all__ = ["TrainConfig", "evaluate_adapter", "summary_line", "train", "with_default_model"]
 
 
 def with_default_model(cfg: TrainConfig) -> TrainConfig:
@@ -58,9 +58,9 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
     only global rank 0 checks and writes the run folder. Under FSDP the adapter is gathered whole for the ranks, the
     checkpoints and the export, so the run folder is a one-process run's.
     """
-    family = task_family(cfg.task)
+    family, method = task_family(cfg.task), get_method(cfg.method)
     cfg = with_default_model(cfg)
-    sharded = check_fsdp(cfg.fsdp, cfg.method, cfg.budgeted)
+    sharded = check_fsdp(cfg.fsdp, cfg.budgeted)
     main = is_main_process()
     out = prepare_output(cfg, resume) if main else Path(cfg.output_dir)
     transformers.set_seed(cfg.seed)
@@ -70,12 +70,19 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # the per-device batch is cfg.batch_size
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world_size))
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
-    model, optimizer = build(cfg, model, family, total_steps, gate_bank=not sharded)
+    model, optimizer = method.build(
+        cfg,
+        model,
+        task_type=family.task_type,
+        heads=family.heads(model),
+        total_steps=total_steps,
+        gate_bank=not sharded,
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     checkpoints = out / "checkpoints"
     main_split = data.spec.validation_splits[0]
-    hooks = StepHooks(model, cfg.method)
+    hooks = StepHooks(model, method)
     trainer = SoraTrainer(
         model=model,
         args=training_args(cfg, checkpoints, data.spec.primary_metric, evaluate=True),
@@ -106,14 +113,13 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
     if sharded:
         unshard_adapter(model)  # every process: collectives
     target = budget_target(optimizer)
-    ranks = adapter_ranks(model)
+    ranks = method.ranks(model)
     gates = gate_vectors(model, optimizer)
     if gates is not None and main:
         initial, final = gates
         _io.atomic_write(out / GATES_FILE, lambda tmp: save_file({"initial": initial, "final": final}, tmp))
-    if cfg.method == "sora":
-        model = prune(model)
-    nonzero = nonzero_params(model, cfg.method)
+    model = method.finish(model)
+    nonzero = method.nonzero_params(model)
     adapter = export(model, tokenizer, data.spec, cfg, out / "adapter") if main else out / "adapter"
     trainer.accelerator.wait_for_everyone()  # every process scores the exported files (a distributed predict)
     # score the exported files on every dev split, so `sora eval` reproduces these numbers
@@ -143,7 +149,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
         "best_checkpoint": trainer.state.best_model_checkpoint,
     }
     if main:
-        _write_ranks(out, ranks, max_rank(cfg), cfg.method)
+        _write_ranks(out, ranks, method.max_rank(cfg.r), cfg.method)
         _io.write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -159,7 +165,7 @@ def summary_line(metrics: dict[str, Any]) -> str:
         f"{metrics['method']} on {metrics['task']}: dev {metric} {shown(metrics['eval'][metric])} "
         f"(constant prediction {shown(metrics['baseline'][metric])})"
     )
-    if metrics["method"] == "sora":
+    if get_method(metrics["method"]).gated:
         live, total = sum(metrics["ranks"].values()), metrics["hyperparameters"]["r"] * len(metrics["ranks"])
         line += f"; {live}/{total} ranks live, {total - live} pruned"
         if metrics.get("allocation") and live < total:

@@ -1,126 +1,25 @@
-"""SoRA and its baselines on transformers' Trainer: the model and optimizer of each method (``build``), the Trainer
-with SoRA's numbers in its logs (``SoraTrainer``), the step hooks and the Trainer's arguments of a run."""
+"""SoRA and its baselines on transformers' Trainer: the Trainer with SoRA's numbers in its logs (``SoraTrainer``),
+the callbacks that drive a sparsity budget (``BudgetCallback``) and a method's step hook (``StepHooks``), and the
+Trainer's arguments of a run. What differs per method comes from its :class:`sora.methods.Method`."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .budget import SparsityBudget, budget_log
-from .config import SoraConfig
+from .budget import budget_log, budget_step
 from .errors import SoraError
-from .layer import detach_gate_fold, gate_parameters
-from .model import count_parameters, gate_ranks, get_sora_model, load_safetensors, quiet_peft
-from .optim import SoraOptimizer, as_sora_optimizer
+from .methods import Method, get_method
+from .model import count_parameters, load_safetensors
+from .optim import as_sora_optimizer
 from .run_config import TrainConfig
 from .run_folder import eval_batch_size, last_checkpoint_text
-from .sharding import (
-    any_everywhere,
-    gathered_optimizer_state,
-    gathered_state,
-    local,
-    shard_model,
-    shard_optimizer_state,
-)
-from .tasks.base import TaskFamily
-
-
-def build(
-    cfg: TrainConfig, model: torch.nn.Module, family: TaskFamily, total_steps: int, gate_bank: bool = True
-) -> tuple[torch.nn.Module, Any]:
-    """Wrap ``model`` for ``cfg.method`` (``family`` names its heads and PEFT task type); returns the model and its
-    optimizer (None: the Trainer's AdamW). ``gate_bank=False`` keeps a gate parameter per module (no
-    :class:`sora.layer.GateFold`), which sharding (FSDP) needs: each gate is sharded with its layer."""
-    targets = SoraConfig(r_max=cfg.r).resolve_target_modules(model.config.model_type)
-    heads = family.heads(model)
-    common = {
-        "lora_alpha": cfg.lora_alpha,
-        "lora_dropout": cfg.lora_dropout,
-        "task_type": family.task_type,
-        "modules_to_save": heads,
-    }
-    if cfg.method == "sora":
-        sora_config = SoraConfig(
-            r_max=cfg.r, target_modules=targets, gate_init=cfg.gate_init, gate_seed=cfg.gate_seed, **common
-        )
-        model = get_sora_model(model, sora_config)
-        if not gate_bank:
-            detach_gate_fold(model.get_base_model())
-        optimizer = SoraOptimizer(
-            model,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            xi=cfg.xi,
-            gate_lr=cfg.gate_lr,
-            gate_update=cfg.gate_update,
-            threshold=cfg.threshold,
-        )
-        if cfg.budgeted:
-            budget = SparsityBudget(cfg.target_ratio, cfg.target_params, score=cfg.budget_score)
-            budget.attach(model, optimizer, total_steps)
-        return model, optimizer
-    if cfg.method == "lora":
-        with quiet_peft():
-            return get_peft_model(model, LoraConfig(r=cfg.r, target_modules=targets, **common)), None
-    if cfg.method == "adalora":
-        # AdaLoRA's recipe (its paper's GLUE settings): start at 1.5x the target rank, prune between 10% and 80% of
-        # training, orthogonality regulariser weight 0.1.
-        config = AdaLoraConfig(
-            orth_reg_weight=0.1,
-            init_r=max_rank(cfg),
-            target_r=cfg.r,
-            tinit=int(0.1 * total_steps),
-            tfinal=int(0.2 * total_steps),
-            deltaT=max(1, total_steps // 50),
-            total_step=total_steps,
-            target_modules=targets,
-            **common,
-        )
-        with quiet_peft():
-            return get_peft_model(model, config), None
-    for name, param in model.named_parameters():
-        in_head = any(name.startswith(f"{head}.") for head in heads)
-        param.requires_grad_(cfg.method == "full" or in_head or name.endswith("bias"))
-    return model, None
-
-
-def max_rank(cfg: TrainConfig) -> int | None:
-    """The largest rank a module can have: r_max (SoRA), r (LoRA), AdaLoRA's initial 1.5 x target rank."""
-    return {"sora": cfg.r, "lora": cfg.r, "adalora": math.ceil(1.5 * cfg.r)}.get(cfg.method)
-
-
-def adapter_ranks(model: torch.nn.Module) -> dict[str, int]:
-    """Module name -> rank of its adapter: live gates (SoRA), r (LoRA), non-zero singular values (AdaLoRA)."""
-    if not isinstance(model, PeftModel):
-        return {}
-    if isinstance(model.peft_config[model.active_adapter], AdaLoraConfig):
-        return {name: rank for name, rank, _ in _adalora_modules(model)}
-    return gate_ranks(model)
-
-
-def _adalora_modules(model: PeftModel):
-    """``(module name, live rank, d_in + d_out)`` of every AdaLoRA module: its non-zero singular values."""
-    adapter = model.active_adapter
-    for name, module in model.get_base_model().named_modules():
-        if hasattr(module, "lora_E") and adapter in module.lora_E:
-            rank = int(torch.count_nonzero(module.lora_E[adapter]))
-            yield name, rank, module.lora_A[adapter].shape[1] + module.lora_B[adapter].shape[0]
-
-
-def nonzero_params(model: torch.nn.Module, method: str) -> int:
-    """What the exported adapter holds: LoRA factors of the live ranks, or the trained weights (full, BitFit)."""
-    if method in ("full", "bitfit"):
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if method == "adalora":
-        return sum(rank * size for _, rank, size in _adalora_modules(model))
-    return count_parameters(model)["nonzero"]
+from .sharding import gathered_optimizer_state, gathered_state, shard_model, shard_optimizer_state
 
 
 class SoraTrainer(Trainer):
@@ -184,10 +83,10 @@ class SoraTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         optimizer = as_sora_optimizer(self.optimizer)
         if optimizer is not None and "loss" in logs:
-            ranks = gate_ranks(self.model)
+            counts = count_parameters(self.model)  # every count from one read of the gates
             logs["xi"] = optimizer.xi
-            logs["live_ranks"] = sum(ranks.values())
-            logs["nonzero_params"] = count_parameters(self.model)["nonzero"]
+            logs["live_ranks"] = counts["live_ranks"]
+            logs["nonzero_params"] = counts["nonzero"]
             logs.update(budget_log(optimizer))
         super().log(logs, *args, **kwargs)
 
@@ -202,9 +101,10 @@ class SoraTrainer(Trainer):
 
 
 class StepHooks(TrainerCallback):
-    """Times the training steps alone (no evaluation, no saving), checks the gates, runs AdaLoRA's allocator."""
+    """Times the training steps alone (no evaluation, no saving) and runs the method's hook after each optimizer
+    step (SoRA checks its gates, AdaLoRA reallocates its ranks)."""
 
-    def __init__(self, model: torch.nn.Module, method: str) -> None:
+    def __init__(self, model: torch.nn.Module, method: Method) -> None:
         self.model, self.method = model, method
         self.step_seconds = 0.0
         self._start = 0.0
@@ -213,19 +113,29 @@ class StepHooks(TrainerCallback):
         self._start = time.perf_counter()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if self.method == "adalora":  # needs the gradients, which zero_grad clears right after this
-            self.model.base_model.update_and_allocate(state.global_step)
-        elif self.method == "sora":
-            params = gate_parameters(self.model)
-            values = torch.cat([local(g).detach().reshape(-1) for g in params])
-            if any_everywhere(not bool(torch.isfinite(values).all()), params):
-                raise SoraError(
-                    f"a SoRA gate became NaN/Inf at step {state.global_step + 1}: training stopped; "
-                    f"{last_checkpoint_text(args.output_dir)}"
-                )
+        try:
+            self.method.on_optimizer_step(self.model, state.global_step + 1)
+        except SoraError as e:
+            raise SoraError(f"{e}; {last_checkpoint_text(args.output_dir)}") from None
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step_seconds += time.perf_counter() - self._start
+
+
+class BudgetCallback(TrainerCallback):
+    """Drives the budget attached to a :class:`sora.SoraOptimizer` from ``transformers.Trainer``: the run length is
+    the Trainer's ``max_steps``, and :func:`sora.budget_step` runs at every step end (after the LR scheduler's step,
+    before the checkpoint of that step is saved, so a checkpoint holds the state its step left)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        optimizer = as_sora_optimizer(kwargs.get("optimizer"))
+        if optimizer is not None and "budget_target" in optimizer.gate_group:
+            optimizer.gate_group["budget_total_steps"] = state.max_steps  # after a resume: the same value
+
+    def on_step_end(self, args, state, control, **kwargs):
+        optimizer = as_sora_optimizer(kwargs.get("optimizer"))
+        if optimizer is not None:
+            budget_step(optimizer, kwargs.get("model"))
 
 
 def training_args(
@@ -239,11 +149,10 @@ def training_args(
     if not evaluate:
         strategy = {"eval_strategy": "no"}
     best = {}
-    # AdaLoRA's checkpoints are saved at the rank pattern of their step, which PEFT cannot load back into the
-    # reallocated model: for AdaLoRA the final model is kept. Keeping the best also needs saves on eval steps.
+    # Some methods keep their final model (AdaLoRA: Method.keeps_best). Keeping the best needs saves on eval steps.
     aligned = (cfg.save_steps or 0) % (cfg.eval_steps or 1) == 0 and bool(cfg.save_steps) == bool(cfg.eval_steps)
     # A sparsity budget is reached late in training: its final model is kept too, as it is the one at the budget.
-    if evaluate and cfg.method != "adalora" and aligned and not cfg.budgeted:
+    if evaluate and get_method(cfg.method).keeps_best and aligned and not cfg.budgeted:
         best = {
             "load_best_model_at_end": True,
             "metric_for_best_model": primary_metric,

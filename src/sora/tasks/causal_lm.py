@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 from .. import _io, quant
 from ..data import records, subsample
 from ..errors import SoraError, first_line
+from ..methods import get_method, names
 from ..run_config import TrainConfig
 from ..run_folder import is_main_process, load_exported, saved_task
 from . import gguf_cache
@@ -41,7 +42,6 @@ from .base import EvalOptions, LoadedTask, TaskFamily, finish_model, load_tokeni
 TASK = "causal-lm"
 IGNORE = -100  # the label of a token outside the loss
 GENERATIONS_FILE = "generations.jsonl"
-METHODS = ("sora", "lora", "adalora", "full")
 
 
 @dataclass(frozen=True)
@@ -231,8 +231,8 @@ def causal_tokenizer(name: str) -> Any:
 
 def load(cfg: TrainConfig) -> LoadedTask:
     """The data, tokenizer, training set, dev split and model of a ``causal-lm`` run."""
-    if cfg.method not in METHODS:
-        raise SoraError(f"task {TASK} trains with {', '.join(METHODS)}, not {cfg.method!r}")
+    if not get_method(cfg.method).decoders:
+        raise SoraError(f"task {TASK} trains with {', '.join(names('decoders'))}, not {cfg.method!r}")
     if cfg.data_dir is not None or cfg.text_columns is not None:
         raise SoraError(f"--data-dir and --text-columns are for classification tasks, not {TASK}")
     if cfg.train_file is None or cfg.validation_file is None:
