@@ -146,8 +146,8 @@ def defaults_recipe(runs: Runs) -> str:
         f"{h['warmup_ratio']:g}, weight decay {h['weight_decay']:g}, gradient clipping {h['max_grad_norm']:g}, "
         f"r {h['r']} and LoRA alpha {h['lora_alpha']:g}, learning rate "
         + ", ".join(f"{name} {lr:g}" for name, lr in rates.items())
-        + f" (`DEFAULT_LR`), SoRA xi {h['xi']:g} with the paper's threshold, dev scored every epoch and the best "
-        "epoch kept (AdaLoRA: the last)"
+        + f" (`Method.default_lr`), SoRA xi {h['xi']:g} with the paper's threshold, dev scored every epoch and the "
+        "best epoch kept (AdaLoRA: the last)"
     )
 
 

@@ -45,7 +45,7 @@ def long_section(long: Runs, kept: Runs, failed: Runs) -> str:
         + ", ".join(f"{TASK_NAMES[t]} {n} ({math.ceil(n / batch) * epochs:.0f} steps)" for t, n in sizes.items())
         + f" (SST-2: a seeded subset; the others: the whole train split); otherwise Table 1's settings ({epochs:g} "
         f"epochs, batch {batch}, seq {glue.COMMON['max_seq_length']}, the final model scored on the whole dev set). "
-        "No learning-rate search: every method at its `sora train` default (`DEFAULT_LR`: "
+        "No learning-rate search: every method at its `sora train` default (`Method.default_lr`: "
         + ", ".join(f"{METHOD_NAMES[m]} {kept_lr(kept, m)}" for m in methods_of(kept))
         + "), SoRA at the `sora train` gate defaults (threshold paper, xi 0.5, gates N(0,1), AdamW gate step).\n\n"
         + text

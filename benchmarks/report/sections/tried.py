@@ -102,7 +102,8 @@ def defaults_text(
             "(Table 1 in longer runs)."
         )
     text += (
-        " The `DEFAULT_LR` values were not changed: the search ran 128-step runs on one task and seed, too little to "
+        " The default learning rates (`Method.default_lr`) were not changed: the search ran 128-step runs on one task"
+        " and seed, too little to "
         "set defaults for long runs."
     )
     return text
