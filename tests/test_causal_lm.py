@@ -177,7 +177,7 @@ def test_a_bad_record_in_the_cli_is_one_line_and_nothing_is_written(tmp_path, de
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (["--method", "bitfit"], "task causal-lm trains with sora, lora, adalora, full, not 'bitfit'"),
+        (["--method", "bitfit"], "task causal-lm trains with sora, lora, adalora, full, eva, not 'bitfit'"),
         (["--generate-eval", "2", "--validation-file", "TEXT"], "--generate-eval needs prompt/completion or messages"),
         (["--task", "rte", "--generate-eval", "2"], "--generate-eval is for task causal-lm"),
     ],
@@ -211,6 +211,7 @@ def runs(tmp_path_factory, decoder_dir, data_files):
         "lora": ["--gradient-checkpointing", "--bf16", "--lr", "1e-2"],
         "adalora": ["--lr", "3e-2"],
         "full": ["--lr", "3e-3"],
+        "eva": ["--lr", "1e-2"],
     }
     for method, options in extra.items():
         args = _train_args(decoder_dir, data_files, base / method, "--method", method, "--epochs", "6", *options)
@@ -218,7 +219,7 @@ def runs(tmp_path_factory, decoder_dir, data_files):
     return base
 
 
-@pytest.mark.parametrize("method", ["sora", "lora", "adalora", "full"])
+@pytest.mark.parametrize("method", ["sora", "lora", "adalora", "full", "eva"])
 def test_every_method_trains_and_the_masked_loss_falls(runs, method):
     out = runs / method
     losses = [

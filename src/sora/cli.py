@@ -151,6 +151,12 @@ def _parser() -> argparse.ArgumentParser:
         "--target-params", type=int, default=None, help="SoRA: keep this many non-zero adapter parameters (steers xi)"
     )
     train.add_argument(
+        "--rank-pattern-from",
+        default=None,
+        metavar="RUN_DIR",
+        help="LoRA: train the per-module ranks that run found (its ranks.json), at the scale lora_alpha / r",
+    )
+    train.add_argument(
         "--budget-score",
         default=None,
         choices=("gate", "contribution"),

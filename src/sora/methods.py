@@ -13,7 +13,10 @@ default learning rates) without loading them.
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SoraError
@@ -33,6 +36,7 @@ class Method:
     budget: bool = False  # takes a sparsity budget (--target-ratio / --target-params)
     schedule: bool = False  # trains under the sparsifying scheduler (sora schedule)
     decoders: bool = True  # trains the causal-LM family's decoders
+    rank_pattern: bool = False  # takes another run's per-module ranks (--rank-pattern-from)
     keeps_best: bool = True  # may keep the best dev checkpoint (False: the final model is kept)
     gated: bool = False  # its adapter has gates, whose live ranks the run's summary reports
 
@@ -114,7 +118,7 @@ class Sora(_LoraRanks):
     schedule = True
     gated = True
 
-    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True):
+    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True, batches=None):
         from .bank import detach_bank
         from .budget import SparsityBudget
         from .config import SoraConfig
@@ -160,18 +164,77 @@ class Sora(_LoraRanks):
 
 
 class Lora(_LoraRanks):
-    """LoRA (PEFT's ``LoraConfig``) of rank r in every target module."""
+    """LoRA (PEFT's ``LoraConfig``) of rank r in every target module, or (``--rank-pattern-from RUN``) of the ranks
+    another run found per module (:func:`rank_pattern_from`)."""
 
     name = "lora"
     default_lr = 1e-3
+    rank_pattern = True
 
-    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True):
+    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True, batches=None):
         from peft import LoraConfig, get_peft_model
 
         from .model import quiet_peft
 
+        options = _peft_options(cfg, model, task_type, heads)
+        if cfg.rank_pattern_from is not None:
+            options.update(rank_pattern_from(cfg.rank_pattern_from, cfg.r, cfg.lora_alpha))
         with quiet_peft():
-            return get_peft_model(model, LoraConfig(r=cfg.r, **_peft_options(cfg, model, task_type, heads))), None
+            return get_peft_model(model, LoraConfig(r=cfg.r, **options)), None
+
+
+def rank_pattern_from(run_dir: str, r: int, lora_alpha: float) -> dict[str, Any]:
+    """LoraConfig options for the per-module ranks of the run in ``run_dir`` (its ``ranks.json``, as ``sora train``
+    writes it): the modules it kept as targets, their ranks as ``rank_pattern``, and an ``alpha_pattern`` that keeps
+    every module's scale at ``lora_alpha / r`` (a SoRA run's pruned adapter: ``lora_alpha / r_max``)."""
+    path = Path(run_dir) / "ranks.json"
+    try:
+        ranks = json.loads(path.read_text(encoding="utf-8"))["ranks"]
+    except FileNotFoundError:
+        raise SoraError(f"--rank-pattern-from {run_dir}: no ranks.json there (a sora train run folder)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SoraError(f"{path}: not a sora train ranks file ({e})") from None
+    live = {name: rank for name, rank in ranks.items() if rank > 0}
+    if not live:
+        raise SoraError(f"{path}: every module has rank 0, so there is no LoRA to train")
+    return {
+        "target_modules": sorted(live),
+        "rank_pattern": {re.escape(name): rank for name, rank in live.items()},
+        "alpha_pattern": {re.escape(name): lora_alpha * rank / r for name, rank in live.items()},
+    }
+
+
+class Eva(_LoraRanks):
+    """EVA (PEFT's ``init_lora_weights="eva"``, Paischer et al. 2024): before training, an incremental SVD of every
+    target module's inputs over the training batches sets A to their top right-singular vectors and redistributes the
+    rank budget (``--r`` per module on average, rho at PEFT's default) to the modules whose inputs need it most; then
+    plain LoRA training. The adapter is a PEFT LoRA adapter with EVA's ``rank_pattern``."""
+
+    name = "eva"
+    default_lr = 1e-3
+    load_in_4bit = False  # EVA's SVD hooks support plain linear layers
+    fsdp = False
+    rho = 2.0  # PEFT's default: a module may get up to rho * r ranks
+
+    def max_rank(self, r: int) -> int:
+        return round(self.rho * r)
+
+    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True, batches=None):
+        from peft import EvaConfig, LoraConfig, get_peft_model, initialize_lora_eva_weights
+
+        from .model import quiet_peft
+
+        if batches is None:
+            raise SoraError("EVA reads the training data before training: build it with batches=")
+        # a classifier's labels are one per example, not per token: every token then enters the SVD
+        eva = EvaConfig(rho=self.rho, use_label_mask=task_type == "CAUSAL_LM")
+        config = LoraConfig(
+            r=cfg.r, init_lora_weights="eva", eva_config=eva, **_peft_options(cfg, model, task_type, heads)
+        )
+        with quiet_peft():
+            model = get_peft_model(model, config, low_cpu_mem_usage=True)  # EVA sets A: no init first
+        initialize_lora_eva_weights(model, dataloader=batches(), show_progress_bar=True)
+        return model, None
 
 
 class AdaLora(Method):
@@ -186,7 +249,7 @@ class AdaLora(Method):
     load_in_4bit = True
     keeps_best = False
 
-    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True):
+    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True, batches=None):
         from peft import AdaLoraConfig, get_peft_model
 
         from .model import quiet_peft
@@ -234,7 +297,7 @@ class _OwnWeights(Method):
     def trains(self, name: str) -> bool:
         raise NotImplementedError
 
-    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True):
+    def build(self, cfg, model, *, task_type, heads, total_steps, gate_bank=True, batches=None):
         for name, param in model.named_parameters():
             in_head = any(name.startswith(f"{head}.") for head in heads)
             param.requires_grad_(in_head or self.trains(name))
@@ -262,7 +325,7 @@ class BitFit(_OwnWeights):
         return name.endswith("bias")
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (Sora(), Lora(), AdaLora(), Full(), BitFit())}
+METHODS: dict[str, Method] = {m.name: m for m in (Sora(), Lora(), AdaLora(), Full(), BitFit(), Eva())}
 
 __all__ = ["METHODS", "Method", "get_method", "names", "register_method"]
 

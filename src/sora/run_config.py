@@ -10,7 +10,7 @@ from transformers.integrations import INTEGRATION_TO_CALLBACK
 
 from .budget import SparsityBudget
 from .errors import SoraError
-from .methods import get_method, names
+from .methods import get_method, names, rank_pattern_from
 from .quant import check_4bit
 
 # A budgeted run's gates start equal, so that the gradients, not the initial sizes, order them (BENCHMARKS.md)
@@ -78,6 +78,9 @@ class TrainConfig:
     target_ratio: float | None = None  # SoRA: a sparsity budget (sora.SparsityBudget) instead of a fixed xi's result
     target_params: int | None = None
     budget_score: str | None = None  # SoRA budget: what its top-up ranks by (sora.budget.SCORES; None: contribution)
+    rank_pattern_from: str | None = (
+        None  # LoRA: the per-module ranks of this run folder (sora.methods.rank_pattern_from)
+    )
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
@@ -113,6 +116,12 @@ class TrainConfig:
             raise SoraError("--budget-score ranks a budget's top-up: it needs --target-ratio or --target-params")
         if self.gate_init is None:
             self.gate_init = "randn"
+        if self.rank_pattern_from is not None and not method.rank_pattern:
+            raise SoraError(
+                f"--rank-pattern-from is for --method {' or '.join(names('rank_pattern'))}, not {self.method!r}"
+            )
+        if self.rank_pattern_from is not None:
+            rank_pattern_from(self.rank_pattern_from, self.r, self.lora_alpha)  # reads and checks the ranks
         if self.fsdp and not method.fsdp:
             raise SoraError(f"--fsdp trains --method {' or '.join(names('fsdp'))}, not {self.method!r}")
         if self.load_in_4bit and not method.load_in_4bit:

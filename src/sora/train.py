@@ -70,6 +70,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # the per-device batch is cfg.batch_size
     steps_per_epoch = math.ceil(len(train_set) / (cfg.batch_size * world_size))
     total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+    collator = family.collator(tokenizer)
     model, optimizer = method.build(
         cfg,
         model,
@@ -77,6 +78,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
         heads=family.heads(model),
         total_steps=total_steps,
         gate_bank=not sharded,
+        batches=lambda: _batches(train_set, cfg.batch_size, collator),
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -88,7 +90,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
         args=training_args(cfg, checkpoints, data.spec.primary_metric, evaluate=True),
         train_dataset=train_set,
         eval_dataset=dev[main_split],
-        data_collator=family.collator(tokenizer),
+        data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=family.trainer_metrics(data.spec, main_split),
         optimizers=(optimizer, None),
@@ -152,6 +154,16 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
         _write_ranks(out, ranks, method.max_rank(cfg.r), cfg.method)
         _io.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _batches(dataset: Any, batch_size: int, collator: Any) -> Any:
+    """The training set in batches of the model's inputs, in order (what a method reads before training: EVA)."""
+    from torch.utils.data import DataLoader
+
+    inputs = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in dataset.column_names]
+    return DataLoader(
+        dataset.select_columns(inputs), batch_size=batch_size, collate_fn=lambda rows: dict(collator(rows))
+    )
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
