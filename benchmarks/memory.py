@@ -1,9 +1,8 @@
 """Peak memory (RSS) per epoch of a multi-epoch ``sora train`` run: does memory grow epoch over epoch?
 
 The run is ``sora.train.train`` in this process (SoRA, the embedded MiniLM-L6, an RTE subset), exactly what
-``sora train`` does, with one addition: a ``TrainerCallback`` attached to the Trainer that ``train`` builds (the
-benchmark swaps ``sora.train.SoraTrainer`` for a subclass that adds the callback; nothing else changes). What is
-measured, for the whole process (model, data, Trainer, Python heap):
+``sora train`` does, with one addition: a ``TrainerCallback`` among the Trainer's callbacks (``train``'s
+``callbacks``; nothing else changes). What is measured, for the whole process (model, data, Trainer, Python heap):
 
 * ``peak_rss_mib``: ``getrusage(RUSAGE_SELF).ru_maxrss``, the process's peak RSS so far, read when epoch k's
   checkpoint has been saved (``on_save``; one per epoch: its training steps, dev evaluation and checkpoint are done);
@@ -30,10 +29,10 @@ Usage::
     python benchmarks/memory.py --output benchmarks/results/memory_cpu.json
 
 Two comparisons (``--compare``) measure what a ``sora train`` process holds, one fresh process per configuration
-(or two, under torchrun), so that the peaks of different configurations do not mix. Each process runs the real
-``sora train`` command line (``sora.cli.main``) with a ``TrainerCallback`` attached the same way (``--probe``: the
-process writes one JSON per rank), a few training steps of the embedded MiniLM-L6 on a GLUE subset (``--task``: SST-2
-or RTE):
+(or two, under torchrun), so that the peaks of different configurations do not mix. Each process runs a real
+``sora train`` command line (read by ``sora.cli.config_from_argv``, run by ``sora.train.train``) with a
+``TrainerCallback`` passed the same way (``--probe``: the process writes one JSON per rank), a few training steps
+of the embedded MiniLM-L6 on a GLUE subset (``--task``: SST-2 or RTE):
 
 * ``--compare 4bit``: LoRA and SoRA on the full-precision base against the 4-bit NF4 base (``--load-in-4bit``), one
   process each. ``--task causal-lm`` measures the embedded decoder instead (SmolLM2-135M-Instruct, the folder
@@ -83,7 +82,6 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,23 +166,6 @@ class MemoryRecorder(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._stop.set()
         self._thread.join()
-
-
-@contextmanager
-def recording(recorder: MemoryRecorder):
-    """Make ``sora.train.train`` build its Trainer with ``recorder`` attached."""
-    original = sora_train.SoraTrainer
-
-    class MeasuredTrainer(original):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.add_callback(recorder)
-
-    sora_train.SoraTrainer = MeasuredTrainer
-    try:
-        yield
-    finally:
-        sora_train.SoraTrainer = original
 
 
 def growth(rows: list[dict[str, Any]], key: str, start_epoch: int) -> dict[str, float | bool]:
@@ -399,20 +380,19 @@ class TensorProbe(TrainerCallback):
         }
 
 
-def probe(folder: Path, sora_argv: list[str]) -> int:
-    """Run ``sora <sora_argv>`` in this process with a :class:`TensorProbe` on its Trainer; write
-    ``folder/rank<RANK>.json``: the probe's last row, and the peak RSS at the end of the run."""
-    from sora import cli
+def probe(folder: Path, train_argv: list[str]) -> dict[str, Any]:
+    """Run ``sora train <train_argv>`` in this process with a :class:`TensorProbe` among its Trainer's callbacks;
+    write and return ``folder/rank<RANK>.json``: the probe's last row, and the peak RSS at the end of the run. A run
+    that fails raises (the process exits non-zero, which stops the comparison)."""
+    from sora.cli import config_from_argv
 
     started = {"peak_rss_mib": round(peak_rss_mib(), 1), "rss_mib": round(rss_mib(psutil.Process()), 1)}
     callback = TensorProbe()
-    with recording(callback):
-        status = cli.main(sora_argv)
+    sora_train.train(config_from_argv(train_argv), callbacks=[callback])
     rank = int(os.environ.get("RANK", "0"))
     result = {
         "rank": rank,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "exit_status": status,
         "torch_threads": torch.get_num_threads(),
         "after_imports": started,
         "train_begin": callback.train_begin,
@@ -421,7 +401,7 @@ def probe(folder: Path, sora_argv: list[str]) -> int:
         "end_vm_hwm_mib": vm_hwm_mib(),
     }
     write_json(folder / f"rank{rank}.json", result)
-    return status
+    return result
 
 
 def cpu_model() -> str:
@@ -661,9 +641,9 @@ def _version(package: str) -> str | None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--probe"]:  # a measured `sora train` process (one per configuration, one per rank)
-        if len(argv) < 3:
+        if argv[2:3] != ["train"]:
             raise SystemExit("usage: memory.py --probe FOLDER train ...")
-        raise SystemExit(probe(Path(argv[1]), argv[2:]))
+        return probe(Path(argv[1]), argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--compare",
@@ -744,8 +724,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"SoRA on RTE ({args.samples} examples, seq {args.seq_len}, batch {args.batch_size}), MiniLM-L6, CPU")
         print(f"before training: peak RSS {before['peak_rss_mib']} MiB, RSS {before['rss_mib']} MiB", flush=True)
         started = time.perf_counter()
-        with recording(recorder):
-            metrics = sora_train.train(cfg)
+        metrics = sora_train.train(cfg, callbacks=[recorder])
         seconds = time.perf_counter() - started
     rows = recorder.rows
     if len(rows) != args.epochs:
