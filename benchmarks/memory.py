@@ -86,6 +86,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import runner  # benchmarks/runner.py: the CPU model
 import torch
 import transformers
 from transformers import TrainerCallback
@@ -404,16 +405,6 @@ def probe(folder: Path, train_argv: list[str]) -> dict[str, Any]:
     return result
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     """One process's numbers in MiB, flat (what the report's table shows)."""
     t = row["after_training_steps"]
@@ -610,7 +601,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "gpu": "not measured (no GPU lent): torch.cuda.max_memory_allocated was not read",
         },
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": runner.cpu_model(),
             "nproc": os.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
             "torch": torch.__version__,
