@@ -2,8 +2,8 @@
 of three GLUE tasks and on plain text, a resumable runner over ``benchmarks/runner.py`` (run claims and records, the
 command line, the machine), as ``benchmarks/glue.py`` is.
 
-Data, built in the scratch folder (never in the repository) from the GLUE TSVs where they are (``--data-dir``), read
-with ``sora.data.load_task``; one seeded subsample (``DATA_SEED``), the same for every run:
+Data, built in the scratch folder (never in the repository) from the GLUE TSVs (``--data-dir``, default
+``$GLUE_DIR``), read with ``sora.data.load_task``; one seeded subsample (``DATA_SEED``), the same for every run:
 
 - chat records (``{"messages": [user, assistant]}``, ``PROMPTS``) with a one-word answer (``ANSWERS``): SST-2 (is
   the sentence's sentiment positive or negative: ``positive`` / ``negative``), RTE (does the premise entail the
@@ -294,7 +294,8 @@ class Runner(runner.Runner):
 
     def prepare_data(self) -> None:
         """Build the data files with the embedded decoder's tokenizer deciding what fits."""
-        self.summary = {**build_embedded_data(self.data_dir, self.data, self.sizes)[0], **RECIPE}
+        glue_dir = runner.require_glue_dir(self.data_dir)
+        self.summary = {**build_embedded_data(glue_dir, self.data, self.sizes)[0], **RECIPE}
 
     def dev_files(self) -> dict[str, Path]:
         return {task: self.data / dev_file(task) for task in TASKS}

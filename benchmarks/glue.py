@@ -7,7 +7,7 @@ interrupted invocation is continued by running the same command again. Run folde
 scratch folder outside the repository (``--scratch``, default ``/tmp/sora-bench``); only the JSON results are kept.
 Several invocations may run at once (e.g. two single-threaded workers on a 2-core machine): each run is claimed
 with a lock file in the scratch folder, so no run is done twice (``benchmarks/runner.py``, shared with
-``benchmarks/decoder.py``).
+``benchmarks/decoder.py``). The GLUE TSVs are read from ``--data-dir``, default ``$GLUE_DIR``.
 
 Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them in order of value):
 
@@ -277,7 +277,7 @@ class Runner(runner.Runner):
             settings = {**(COMMON if common is None else common), "max_train_samples": TRAIN_SAMPLES[task], **overrides}
             cfg = TrainConfig(
                 task=task, output_dir=str(out), method=train_method(method), r=r, seed=seed, model=MODEL,
-                data_dir=self.data_dir, **settings,
+                data_dir=runner.require_glue_dir(self.data_dir), **settings,
             )  # fmt: skip
             command = runner.command_line(cfg, self.threads)
 
@@ -540,7 +540,8 @@ class Runner(runner.Runner):
             if not claimed:
                 return False
             out = self.scratch / experiment / name
-            cfg = TrainConfig(output_dir=str(out), method="sora", data_dir=self.data_dir, model=MODEL, **settings)
+            glue_dir = runner.require_glue_dir(self.data_dir)
+            cfg = TrainConfig(output_dir=str(out), method="sora", data_dir=glue_dir, model=MODEL, **settings)
             resume = (out / "schedule.json").is_file()
             if out.exists() and not resume:
                 shutil.rmtree(out)

@@ -86,7 +86,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import runner  # benchmarks/runner.py: the CPU model
+import runner  # benchmarks/runner.py: the CPU model, the GLUE folder option
 import torch
 import transformers
 from transformers import TrainerCallback
@@ -98,7 +98,6 @@ MIB = 1024 * 1024
 GROWTH_PERCENT = 2.0
 GROWTH_FLOOR_MIB = 16.0
 SAMPLE_SECONDS = 0.1
-REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mib() -> float:
@@ -526,6 +525,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     threads = spec["threads"] if args.threads is None else args.threads
     if min(args.steps, batch, eval_samples, args.seq_len, threads) < 1:
         raise SystemExit("--steps, --batch-size, --eval-samples, --seq-len and --threads must be >= 1")
+    runner.require_glue_dir(args.data_dir)  # every configuration reads GLUE (causal-lm: its records are built from it)
     train_samples = args.steps * batch * world
     env = {
         **os.environ,
@@ -667,8 +667,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--timeout", type=float, default=PROBE_TIMEOUT, help=f"--compare: seconds per process (default {PROBE_TIMEOUT})"
     )
-    default_glue = os.environ.get("GLUE_DIR", str(REPO.parent / "shared" / "data" / "glue"))
-    parser.add_argument("--data-dir", default=default_glue, help="GLUE TSV folder (default: $GLUE_DIR or ../shared)")
+    runner.add_data_option(parser)
     parser.add_argument("--output", help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
     if args.compare == "fsdp" and args.task == CAUSAL_LM:
@@ -703,7 +702,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             task="rte",
             output_dir=str(Path(scratch) / "run"),
             method="sora",
-            data_dir=args.data_dir,
+            data_dir=runner.require_glue_dir(args.data_dir),
             epochs=args.epochs,
             batch_size=args.batch_size,
             max_seq_length=args.seq_len,

@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the machine a result records, the ``sora train`` command line of a run, the GLUE
-folder's default, and the resumable runner of ``benchmarks/glue.py`` and ``benchmarks/decoder.py``.
+folder, and the resumable runner of ``benchmarks/glue.py`` and ``benchmarks/decoder.py``.
 
 A runner's run (:class:`Job`) is claimed with a lock file ``<scratch>/locks/<experiment>/<name>.lock`` holding the
 worker's pid (a dead worker's lock is taken over), so several invocations may share one run list; a run whose result
@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA_DIR = os.environ.get("GLUE_DIR", "/work/shared/data/glue")
+NO_GLUE_DIR = "no GLUE folder: pass --data-dir DIR (the GLUE TSVs) or set GLUE_DIR"
 
 
 def now() -> str:
@@ -71,10 +71,22 @@ def command_line(cfg: Any, threads: int) -> str:
     return f"OMP_NUM_THREADS={threads} " + shlex.join(["sora", "train", *train_argv(replace(cfg, model=None))])
 
 
+def require_glue_dir(data_dir: str | None) -> str:
+    """``data_dir`` (``--data-dir``, default ``$GLUE_DIR``) for a run that reads GLUE; without one, a one-line exit."""
+    if not data_dir:
+        raise SystemExit(NO_GLUE_DIR)
+    return data_dir
+
+
+def add_data_option(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``, default ``$GLUE_DIR`` (none: :func:`require_glue_dir` asks for it when a run needs the data)."""
+    parser.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"), help="GLUE TSV folder (default: $GLUE_DIR)")
+
+
 def add_runner_options(parser: argparse.ArgumentParser, scratch: str) -> None:
     """The options of every resumable benchmark runner: the GLUE folder, the scratch folder (default ``scratch``),
     ``--stop-at`` and ``--threads``."""
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
+    add_data_option(parser)
     parser.add_argument("--scratch", default=scratch, help=f"run folders and locks (default: {scratch})")
     parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a busy CPU)")

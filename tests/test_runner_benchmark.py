@@ -1,7 +1,8 @@
 """benchmarks/runner.py, the resumable runner of glue.py and decoder.py, without training: a run is done once and
 its result read back after, a failure is recorded with the runner's fields and retried only where failures are not
 results, a run another live worker holds or the spent budget leaves alone, a dead worker's lock is taken over, the
-run folder starts empty; the machine record holds what the report reads. And decoder.py's row records on it."""
+run folder starts empty; a run that needs GLUE and has no folder is a one-line exit; the machine record holds what the
+report reads. And the two runners on it: glue.py's run and decoder.py's row records."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from conftest import load_benchmark
 load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the script does
 
 import decoder  # noqa: E402
+import glue  # noqa: E402
 import runner  # noqa: E402
 from report.load import Machine  # noqa: E402
 
@@ -102,12 +104,37 @@ def test_a_held_run_and_the_spent_budget_leave_the_run_alone(tmp_path):
     assert runner.Runner(_args(tmp_path)).attempt(job)["score"] == 1.0 and not lock.exists()
 
 
+def test_a_run_without_a_glue_folder_is_one_line(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match=r"^no GLUE folder: pass --data-dir DIR \(the GLUE TSVs\) or set GLUE_DIR$"):
+        runner.require_glue_dir(None)
+    monkeypatch.setenv("GLUE_DIR", "/data/glue")
+    parser = argparse.ArgumentParser()
+    runner.add_data_option(parser)
+    assert parser.parse_args([]).data_dir == "/data/glue"
+    monkeypatch.delenv("GLUE_DIR")
+    parser = argparse.ArgumentParser()
+    runner.add_data_option(parser)
+    assert parser.parse_args([]).data_dir is None
+
+
 def test_the_machine_record_holds_what_the_report_reads():
     record = runner.machine()
     assert set(Machine._fields) <= set(record) and record["cpu"] == runner.cpu_model() != ""
 
 
 # --- the two runners on it ------------------------------------------------------------------------------------------
+
+
+def test_glue_asks_for_the_data_only_when_a_run_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr(glue, "RESULTS", tmp_path / "results")
+    worker = glue.Runner(_args(tmp_path))
+    with pytest.raises(SystemExit, match="^no GLUE folder"):
+        worker.run("defaults", "rte", "lora", 0, common={})
+    assert not list((tmp_path / "scratch" / "locks").rglob("*.lock"))
+    done = {"eval": {"accuracy": 0.5}}
+    glue.result_path("defaults", glue.run_name("rte", "lora", glue.RANK, 0)).parent.mkdir(parents=True)
+    glue.result_path("defaults", glue.run_name("rte", "lora", glue.RANK, 0)).write_text(json.dumps(done))
+    assert worker.run("defaults", "rte", "lora", 0, common={}) == done
 
 
 def test_a_decoder_row_records_its_fields_and_a_failure(tmp_path, monkeypatch):
