@@ -1,9 +1,9 @@
 """Instruction tuning on the embedded decoder (SmolLM2-135M-Instruct): SoRA against LoRA and AdaLoRA on chat versions
-of three GLUE tasks and on plain text, a resumable runner in the style of ``benchmarks/glue.py`` (whose runner, locks,
-``command_line`` and ``machine`` it uses).
+of three GLUE tasks and on plain text, a resumable runner over ``benchmarks/runner.py`` (run claims and records, the
+command line, the machine), as ``benchmarks/glue.py`` is.
 
-Data, built in the scratch folder (never in the repository) from the GLUE TSVs where they are (``--data-dir``), read
-with ``sora.data.load_task``; one seeded subsample (``DATA_SEED``), the same for every run:
+Data, built in the scratch folder (never in the repository) from the GLUE TSVs (``--data-dir``, default
+``$GLUE_DIR``), read with ``sora.data.load_task``; one seeded subsample (``DATA_SEED``), the same for every run:
 
 - chat records (``{"messages": [user, assistant]}``, ``PROMPTS``) with a one-word answer (``ANSWERS``): SST-2 (is
   the sentence's sentiment positive or negative: ``positive`` / ``negative``), RTE (does the premise entail the
@@ -50,18 +50,17 @@ import argparse
 import functools
 import itertools
 import json
-import os
 import random
 import shutil
 import sys
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-import glue  # the GLUE runner: its run locks, budget, command line and machine record
+import glue  # the GLUE experiments' allocations (PAPER, LEARNED) and seeds
+import runner  # the shared runner: run claims, records, the machine, the command line
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "decoder"
@@ -282,8 +281,8 @@ def score_tasks(
 # runs
 
 
-class Runner(glue.Runner):
-    """glue.py's runner state (scratch folder, ``--stop-at`` budget, threads, failures) and run locks, with this
+class Runner(runner.Runner):
+    """The shared runner (scratch folder, ``--stop-at`` budget, threads, run claims and records) with this
     benchmark's runs: the zero-shot row and the tuned rows, each scored on the dev files."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -295,7 +294,8 @@ class Runner(glue.Runner):
 
     def prepare_data(self) -> None:
         """Build the data files with the embedded decoder's tokenizer deciding what fits."""
-        self.summary = {**build_embedded_data(self.data_dir, self.data, self.sizes)[0], **RECIPE}
+        glue_dir = runner.require_glue_dir(self.data_dir)
+        self.summary = {**build_embedded_data(glue_dir, self.data, self.sizes)[0], **RECIPE}
 
     def dev_files(self) -> dict[str, Path]:
         return {task: self.data / dev_file(task) for task in TASKS}
@@ -309,52 +309,27 @@ class Runner(glue.Runner):
         )  # fmt: skip
 
     def run_row(self, label: str, seed: int | None) -> bool:
-        """Whether the run has its result (or a recorded failure), running it now if no worker has: False when it
-        is not run (the budget is spent, or another worker holds it)."""
-        from sora import _io
-
+        """Whether the run has its result (or a recorded failure: a failure is a result here, not retried), running
+        it now if no worker has: False when it is not run (the budget is spent, or another worker holds it)."""
         name = run_name(label, seed)
-        path, failed = self.results / f"{name}.json", self.results / "failed" / f"{name}.json"
-        if path.is_file() or failed.is_file():
-            return True
-        if self.budget.exhausted():
-            return False
-        lock = self._lock(EXPERIMENT, name)
-        if lock is None:
-            return False
-        try:
-            if path.is_file() or failed.is_file():  # finished by another worker between the check and the lock
-                return True
-            out = self.scratch / "runs" / name
-            shutil.rmtree(out, ignore_errors=True)
+        out = self.scratch / "runs" / name
+
+        def setup() -> runner.Run:
             cfg = None if label == ZERO_SHOT else self.config(label, seed, out)
-            record = {
+            fields = {
                 "variant": label,  # metrics' "method" is the `sora train --method`
                 "seed": seed,
-                "experiment": EXPERIMENT,
-                "command": None if cfg is None else glue.command_line(cfg, self.threads),
+                "command": None if cfg is None else runner.command_line(cfg, self.threads),
                 "runner": RUNNER,
-                "invocation": self.invocation,
                 "data": self.summary,
-                "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             }
-            print(f"[{glue.now()}] {EXPERIMENT}/{name}: start", flush=True)
-            try:
-                result = self.zero_shot() if cfg is None else self.tuned(cfg)
-            except Exception as e:  # one failed run must not stop the others; a failure is a result, not retried
-                traceback.print_exc()
-                self.failed.append(f"{name}: {type(e).__name__}: {e}")
-                _io.write_json(failed, {**record, "error": f"{type(e).__name__}: {e}", "finished": glue.now()})
-                return True
-            result = {**result, **record, "finished": glue.now(), "machine": glue.machine(),
-                      "loadavg_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
-            _io.write_json(path, result)
-            self.ran += 1
-            scores = ", ".join(f"{task} {_scores_text(s)}" for task, s in result["tasks"].items())
-            print(f"[{glue.now()}] {EXPERIMENT}/{name}: {scores}", flush=True)
-            return True
-        finally:
-            lock.unlink(missing_ok=True)
+            work = self.zero_shot if cfg is None else functools.partial(self.tuned, cfg)
+            return runner.Run(fields, work, lambda: fields, _scores_line)
+
+        job = runner.Job(
+            EXPERIMENT, name, self.results / f"{name}.json", self.results / "failed" / f"{name}.json", out, setup
+        )
+        return self.attempt(job) is not None
 
     def zero_shot(self) -> dict[str, Any]:
         """The untuned base model scored as the tuned runs are."""
@@ -390,6 +365,10 @@ class Runner(glue.Runner):
         }
 
 
+def _scores_line(result: dict[str, Any]) -> str:
+    return ", ".join(f"{task} {_scores_text(s)}" for task, s in result["tasks"].items())
+
+
 def _scores_text(scores: dict[str, Any]) -> str:
     exact = f", exact match {scores['exact_match']:.2f}" if "exact_match" in scores else ""
     return f"loss {scores['loss']:.3f}{exact}"
@@ -404,24 +383,24 @@ def main(argv: list[str] | None = None) -> int:
         help="records per task (default: 500 32 100); other sizes belong in another --results folder",
     )  # fmt: skip
     parser.add_argument("--results", default=str(RESULTS), help="result folder (default: benchmarks/results/decoder)")
-    glue.add_runner_options(parser, DEFAULT_SCRATCH)
+    runner.add_runner_options(parser, DEFAULT_SCRATCH)
     args = parser.parse_args(argv)
-    glue.quiet_threads(args.threads)
-    runner = Runner(args)
-    runner.prepare_data()
-    print(f"[{glue.now()}] data in {runner.data}: {json.dumps(runner.summary['records'])}", flush=True)
+    runner.quiet_threads(args.threads)
+    worker = Runner(args)
+    worker.prepare_data()
+    print(f"[{runner.now()}] data in {worker.data}: {json.dumps(worker.summary['records'])}", flush=True)
 
     def step() -> bool:
-        complete = runner.run_row(ZERO_SHOT, None)
+        complete = worker.run_row(ZERO_SHOT, None)
         for seed in args.seeds:
             for label in args.rows:
-                complete &= runner.run_row(label, seed)
+                complete &= worker.run_row(label, seed)
         return complete
 
-    done = glue.until_done(step, runner)
-    print(f"[{glue.now()}] {EXPERIMENT}: {'complete' if done else 'stopped (budget)'}; ran {runner.ran} runs; "
-          f"failed: {runner.failed or 'none'}", flush=True)  # fmt: skip
-    return 0 if done and not runner.failed else 1
+    done = runner.until_done(step, worker)
+    print(f"[{runner.now()}] {EXPERIMENT}: {'complete' if done else 'stopped (budget)'}; ran {worker.ran} runs; "
+          f"failed: {worker.failed or 'none'}", flush=True)  # fmt: skip
+    return 0 if done and not worker.failed else 1
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ plus ``command``, the exact ``sora train`` command line that reproduces it. A ru
 interrupted invocation is continued by running the same command again. Run folders (checkpoints, adapters) go to a
 scratch folder outside the repository (``--scratch``, default ``/tmp/sora-bench``); only the JSON results are kept.
 Several invocations may run at once (e.g. two single-threaded workers on a 2-core machine): each run is claimed
-with a lock file in the scratch folder, so no run is done twice.
+with a lock file in the scratch folder, so no run is done twice (``benchmarks/runner.py``, shared with
+``benchmarks/decoder.py``). The GLUE TSVs are read from ``--data-dir``, default ``$GLUE_DIR``.
 
 Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them in order of value):
 
@@ -35,25 +36,22 @@ Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them i
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import json
 import os
-import platform
-import shlex
 import shutil
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+import runner  # the shared runner: run claims, records, the machine, the command line
 
 ROOT = Path(__file__).resolve().parents[1]
 # A GPU session writes its results apart (benchmarks/gpu_defaults.sh) and loads the model from a carried folder.
 RESULTS = Path(os.environ.get("SORA_BENCH_RESULTS", ROOT / "benchmarks" / "results" / "glue"))
 MODEL = os.environ.get("SORA_DEVICE_MODEL")  # None: the embedded MiniLM
 DEFAULT_SCRATCH = "/tmp/sora-bench"
-DEFAULT_DATA_DIR = os.environ.get("GLUE_DIR", "/work/shared/data/glue")
 
 TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")
 # "sora" trains with the benchmark's gate settings (SORA_SETTINGS_FILE), "sora-default" with the `sora train` defaults
@@ -220,20 +218,6 @@ def gate_settings(label: str) -> dict[str, Any] | None:
     return sora_settings() if label == "sora" else {}
 
 
-class Budget:
-    """Launch no new run after ``stop_at`` (UTC)."""
-
-    def __init__(self, stop_at: dt.datetime | None) -> None:
-        self.stop_at = stop_at
-
-    def exhausted(self) -> bool:
-        return self.stop_at is not None and dt.datetime.now(dt.UTC) >= self.stop_at
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def run_name(task: str, method: str, r: int, seed: int, trial: int | str | None = None) -> str:
     """``task_method_rR_seedS``, then ``_trialK`` (a search's trial K) or ``_<trial>`` (a named variant)."""
     suffix = "" if trial is None else f"_trial{trial}" if isinstance(trial, int) else f"_{trial}"
@@ -266,92 +250,9 @@ def best_lr(method: str) -> float | None:
     return LR_TRIALS[method][scores.index(max(scores))]
 
 
-def machine() -> dict[str, Any]:
-    import torch
-    import transformers
+class Runner(runner.Runner):
+    """The GLUE experiments over the shared runner (``runner.Runner``: claims, records, budget)."""
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def command_line(cfg: Any, threads: int) -> str:
-    """The ``sora train`` command that reproduces ``cfg``: the options that differ from ``sora train``'s defaults."""
-    from dataclasses import fields
-
-    from sora.methods import get_method
-    from sora.train import TrainConfig
-
-    args = ["sora", "train", "--task", cfg.task, "--method", cfg.method]
-    for f in fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        default = get_method(cfg.method).default_lr if f.name == "lr" else f.default
-        if f.name in ("task", "method", "model") or value == default:
-            continue
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(value, bool):
-            args.append(flag)
-        elif isinstance(value, list):
-            args += [flag, ",".join(value)]
-        else:
-            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    return f"OMP_NUM_THREADS={threads} " + shlex.join(args)
-
-
-class Runner:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.scratch = Path(args.scratch)
-        self.data_dir = args.data_dir
-        self.budget = Budget(args.stop_at)
-        self.threads = args.threads
-        self.invocation = f"{now()}-{os.getpid()}"
-        self.ran = 0
-        self.failed: list[str] = []
-        self.failed_names: set[str] = set()
-
-    # -- locking: several workers may share the run list -------------------------------------------------------
-    def _lock(self, experiment: str, name: str) -> Path | None:
-        lock = self.scratch / "locks" / experiment / f"{name}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(lock.read_text() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    return None
-                lock.unlink(missing_ok=True)  # a stale lock of a dead worker
-                continue
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            return lock
-        return None
-
-    def busy(self, experiment: str, name: str) -> bool:
-        lock = self.scratch / "locks" / experiment / f"{name}.lock"
-        try:
-            return _alive(int(lock.read_text() or 0))
-        except (OSError, ValueError):
-            return False
-
-    # -- one run -------------------------------------------------------------------------------------------------
     def run(
         self,
         experiment: str,
@@ -364,78 +265,41 @@ class Runner:
         common: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> dict[str, Any] | None:
-        """The result of one run: read if its JSON exists, else trained now (None: not run, budget or busy)."""
-        from sora import _io
-        from sora.train import TrainConfig, train
-
+        """The result of one run (``runner.Runner.attempt``): read if its JSON exists, else trained now; {}: failed;
+        None: not run (budget or busy). A failed run is retried by the next invocation, unless the experiment is
+        one of ``FAILURES_ARE_RESULTS``."""
         name = run_name(task, method, r, seed, trial)
-        if f"{experiment}/{name}" in self.failed_names:
-            return {}  # failed in this invocation: not retried until the next one
-        if experiment in FAILURES_ARE_RESULTS and (RESULTS / experiment / "failed" / f"{name}.json").is_file():
-            return {}  # a failed run (e.g. every rank pruned) is a result here: not retried
-        done = read_result(experiment, name)
-        if done is not None or self.budget.exhausted():
-            return done
-        lock = self._lock(experiment, name)
-        if lock is None:
-            return None
-        try:
-            done = read_result(experiment, name)  # finished by another worker between the check and the lock
-            if done is not None:
-                return done
-            out = self.scratch / experiment / name
-            shutil.rmtree(out, ignore_errors=True)
-            common = COMMON if common is None else common
-            settings = {**common, "max_train_samples": TRAIN_SAMPLES[task], **overrides}
+        out = self.scratch / experiment / name
+
+        def setup() -> runner.Run:
+            from sora.train import TrainConfig, train
+
+            settings = {**(COMMON if common is None else common), "max_train_samples": TRAIN_SAMPLES[task], **overrides}
             cfg = TrainConfig(
-                task=task, output_dir=str(out), method=train_method(method), data_dir=self.data_dir, r=r, seed=seed,
-                model=MODEL, **settings,
+                task=task, output_dir=str(out), method=train_method(method), r=r, seed=seed, model=MODEL,
+                data_dir=runner.require_glue_dir(self.data_dir), **settings,
             )  # fmt: skip
-            print(f"[{now()}] {experiment}/{name}: start", flush=True)
-            load = os.getloadavg()
-            try:
+            command = runner.command_line(cfg, self.threads)
+
+            def work() -> dict[str, Any]:
                 metrics = train(cfg)
-            except Exception as e:  # one failed run must not stop the others; it is retried next invocation
-                traceback.print_exc()
-                self.failed.append(f"{experiment}/{name}: {type(e).__name__}: {e}")
-                self.failed_names.add(f"{experiment}/{name}")
-                failure = {
-                    "error": f"{type(e).__name__}: {e}",
-                    "command": command_line(cfg, self.threads),
-                    "hyperparameters": cfg.hyperparameters(),
-                    "task": task,
-                    "method": method,
-                    "finished": now(),
-                    "live_ranks_log": _live_ranks_log(out / "train_log.jsonl"),
-                }
-                _io.write_json(RESULTS / experiment / "failed" / f"{name}.json", failure)
-                return {}
-            result = {
-                **metrics,
-                "variant": method,  # the method label (metrics' "method" is the `sora train --method`)
-                "experiment": experiment,
-                "command": command_line(cfg, self.threads),
-                "runner": f"python benchmarks/glue.py {experiment}",
-                "invocation": self.invocation,
-                "finished": now(),
-                "loadavg_start": [round(x, 2) for x in load],
-                "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-                "machine": machine(),
-                "loss_log": _loss_log(out / "train_log.jsonl"),
-                "survivors": _survivors(out / "gates.safetensors"),
-                **(extra or {}),
-            }
-            _io.write_json(result_path(experiment, name), result)
-            self.ran += 1
-            print(
-                f"[{now()}] {experiment}/{name}: {metrics['eval']} nonzero={metrics['nonzero_params']} "
-                f"train={metrics['train_seconds']}s",
-                flush=True,
-            )
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            return result
-        finally:
-            lock.unlink(missing_ok=True)
+                numbers = {**metrics, "loss_log": _loss_log(out / "train_log.jsonl"),
+                           "survivors": _survivors(out / "gates.safetensors")}  # fmt: skip
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+                return numbers
+
+            def failure() -> dict[str, Any]:
+                return {"command": command, "hyperparameters": cfg.hyperparameters(), "task": task, "method": method,
+                        "live_ranks_log": _live_ranks_log(out / "train_log.jsonl")}  # fmt: skip
+
+            # the method label as "variant" (metrics' "method" is the `sora train --method`)
+            fields = {"variant": method, "command": command, "runner": f"python benchmarks/glue.py {experiment}"}
+            return runner.Run({**fields, **(extra or {})}, work, failure, _summary)
+
+        failed = RESULTS / experiment / "failed" / f"{name}.json"
+        job = runner.Job(experiment, name, result_path(experiment, name), failed, out, setup,
+                         failures_are_results=experiment in FAILURES_ARE_RESULTS)  # fmt: skip
+        return self.attempt(job)
 
     def copy_result(self, experiment: str, name: str, source: dict[str, Any], source_ref: str) -> dict[str, Any]:
         from sora import _io
@@ -600,10 +464,9 @@ class Runner:
             return all(read_result("speed", n) for n in names)
         if None in gates.values():
             return False
-        lock = self._lock("speed", "ALL")
-        if lock is None:
-            return True  # another worker does the speed runs
-        try:
+        with self.claim("speed", "ALL") as claimed:
+            if not claimed:
+                return True  # another worker does the speed runs
             staging = RESULTS / "speed.partial"
             shutil.rmtree(staging, ignore_errors=True)
             for k in range(SPEED_ROUNDS):
@@ -623,8 +486,6 @@ class Runner:
             shutil.rmtree(RESULTS / "speed", ignore_errors=True)
             staging.rename(RESULTS / "speed")
             return True
-        finally:
-            lock.unlink(missing_ok=True)
 
     def schedule(self) -> bool:
         from sora.methods import get_method
@@ -675,16 +536,16 @@ class Runner:
             return True
         if self.budget.exhausted():
             return False
-        lock = self._lock(experiment, name)
-        if lock is None:
-            return False
-        try:
+        with self.claim(experiment, name) as claimed:
+            if not claimed:
+                return False
             out = self.scratch / experiment / name
-            cfg = TrainConfig(output_dir=str(out), method="sora", data_dir=self.data_dir, model=MODEL, **settings)
+            glue_dir = runner.require_glue_dir(self.data_dir)
+            cfg = TrainConfig(output_dir=str(out), method="sora", data_dir=glue_dir, model=MODEL, **settings)
             resume = (out / "schedule.json").is_file()
             if out.exists() and not resume:
                 shutil.rmtree(out)
-            print(f"[{now()}] {experiment}/{name}: start", flush=True)
+            print(f"[{runner.now()}] {experiment}/{name}: start", flush=True)
             error = None
             try:
                 run_schedule(cfg, xis, epochs_per_stage, resume=resume, targets=targets)
@@ -694,17 +555,15 @@ class Runner:
                 if not (out / "schedule.json").is_file() or "pruned every rank" not in error:
                     self.failed.append(f"{experiment}/{name}: {error}")
                     return False
-            command = command_line(cfg, self.threads).replace(" train ", " schedule ", 1).replace(" --epochs 3", "")
-            command += f"{options} --epochs-per-stage {epochs_per_stage:g}"
+            command = runner.command_line(cfg, self.threads).replace(" train ", " schedule ", 1)
+            command = command.replace(" --epochs 3", "") + f"{options} --epochs-per-stage {epochs_per_stage:g}"
             saved = json.loads((out / "schedule.json").read_text(encoding="utf-8"))
             result = {**saved, "command": command, "runner": f"python benchmarks/glue.py {experiment}",
-                      "finished": now(), "machine": machine(), "error": error, **extra}  # fmt: skip
+                      "finished": runner.now(), "machine": runner.machine(), "error": error, **extra}  # fmt: skip
             _io.write_json(result_path(experiment, name), result)
             shutil.copyfile(out / "curves.png", RESULTS / experiment / f"{name}_curves.png")
             self.ran += 1
             return True
-        finally:
-            lock.unlink(missing_ok=True)
 
     def front(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
         """The front: per seed and task, one ``sora schedule --target-list`` run (``FRONT_SCHEDULE``), then the
@@ -729,6 +588,11 @@ class Runner:
                         got = self.run("front", task, label, seed, r=r, common={}, max_train_samples=samples, **extra)
                         complete &= got is not None
         return complete
+
+
+def _summary(result: dict[str, Any]) -> str:
+    """A GLUE run's result in one line: its dev scores, adapter size and training time."""
+    return f"{result['eval']} nonzero={result['nonzero_params']} train={result['train_seconds']}s"
 
 
 def _log_rows(path: Path) -> list[dict[str, Any]]:
@@ -757,60 +621,6 @@ def _survivors(path: Path) -> list[int] | None:
     return [int(i) for i in load_file(str(path))["final"].nonzero().reshape(-1)]
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_at(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    hour, minute = (int(x) for x in text.split(":"))
-    now = dt.datetime.now(dt.UTC)
-    stop = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    return stop if stop > now else stop + dt.timedelta(days=1)  # a time already past today means tomorrow's
-
-
-def until_done(step, runner: Runner, poll: float = 20.0) -> bool:
-    """Repeat ``step`` (which skips finished and busy runs) until it completes or the budget ends."""
-    while True:
-        if step():
-            return True
-        if runner.budget.exhausted():
-            return False
-        time.sleep(poll)
-
-
-def add_runner_options(parser: argparse.ArgumentParser, scratch: str) -> None:
-    """The options of every resumable benchmark runner: the GLUE folder, the scratch folder (default ``scratch``),
-    ``--stop-at`` and ``--threads``."""
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="GLUE TSV folder (default: $GLUE_DIR or shared)")
-    parser.add_argument("--scratch", default=scratch, help=f"run folders and locks (default: {scratch})")
-    parser.add_argument("--stop-at", type=_stop_at, default=None, help="UTC HH:MM: launch no new run after it")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a busy CPU)")
-
-
-def quiet_threads(threads: int) -> None:
-    """``threads`` torch threads for this process and its children; the libraries' progress bars and logs off."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import torch
-    import transformers
-
-    torch.set_num_threads(threads)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -828,39 +638,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tasks", nargs="+", choices=TASKS, default=None, help="defaults, equal, front, lrsearch: only these tasks"
     )
-    add_runner_options(parser, os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
+    runner.add_runner_options(parser, os.environ.get("SORA_BENCH_SCRATCH", DEFAULT_SCRATCH))
     args = parser.parse_args(argv)
-    quiet_threads(args.threads)
-    runner = Runner(args)
+    runner.quiet_threads(args.threads)
+    worker = Runner(args)
     plan: list[tuple[str, Any]] = []
     for experiment in args.experiment:
         if experiment == "all":
             plan += [
-                ("xigrid", runner.xigrid),
-                ("hpsearch", runner.hpsearch),
-                ("table1", lambda: runner.table1([0])),
-                ("speed", runner.speed),
-                ("table1", lambda: runner.table1([0, 1])),
-                ("table2", runner.table2),
-                ("schedule", runner.schedule),
-                ("table1", lambda: runner.table1(list(SEEDS))),
-                ("long", lambda: runner.long(list(SEEDS))),
+                ("xigrid", worker.xigrid),
+                ("hpsearch", worker.hpsearch),
+                ("table1", lambda: worker.table1([0])),
+                ("speed", worker.speed),
+                ("table1", lambda: worker.table1([0, 1])),
+                ("table2", worker.table2),
+                ("schedule", worker.schedule),
+                ("table1", lambda: worker.table1(list(SEEDS))),
+                ("long", lambda: worker.long(list(SEEDS))),
             ]
         elif experiment in ("table1", "long"):
-            plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds)))
+            plan.append((experiment, functools.partial(getattr(worker, experiment), args.seeds)))
         elif experiment in ("defaults", "equal", "front"):
-            plan.append((experiment, functools.partial(getattr(runner, experiment), args.seeds, args.tasks)))
+            plan.append((experiment, functools.partial(getattr(worker, experiment), args.seeds, args.tasks)))
         elif experiment == "lrsearch":
-            plan.append((experiment, functools.partial(runner.lrsearch, args.tasks)))
+            plan.append((experiment, functools.partial(worker.lrsearch, args.tasks)))
         else:
-            plan.append((experiment, getattr(runner, experiment)))
+            plan.append((experiment, getattr(worker, experiment)))
     complete = True
     for experiment, step in plan:
-        done = until_done(step, runner)
-        print(f"[{now()}] {experiment}: {'complete' if done else 'stopped (budget)'}", flush=True)
+        done = runner.until_done(step, worker)
+        print(f"[{runner.now()}] {experiment}: {'complete' if done else 'stopped (budget)'}", flush=True)
         complete &= done
-    print(f"[{now()}] ran {runner.ran} runs; failed: {runner.failed or 'none'}", flush=True)
-    return 0 if complete and not runner.failed else 1
+    print(f"[{runner.now()}] ran {worker.ran} runs; failed: {worker.failed or 'none'}", flush=True)
+    return 0 if complete and not worker.failed else 1
 
 
 if __name__ == "__main__":

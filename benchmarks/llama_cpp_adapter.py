@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import decoder  # the chat data of the decoder benchmark
-import glue  # machine(), the GLUE folder default
+import runner  # the machine, the command line, the GLUE folder option
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCRATCH = "/tmp/sora-bench/llama_cpp"
@@ -61,7 +61,7 @@ def train_run(args: argparse.Namespace, data: Path, out: Path) -> dict[str, Any]
         validation_file=str(data / decoder.VALIDATION_FILE), target_ratio=args.target_ratio, seed=0,
         epochs=args.epochs, batch_size=args.batch_size, max_seq_length=decoder.RECIPE["max_seq_length"],
     )  # fmt: skip
-    print(f"training: {glue.command_line(cfg, args.threads)}", flush=True)
+    print(f"training: {runner.command_line(cfg, args.threads)}", flush=True)
     return train(cfg)
 
 
@@ -151,7 +151,7 @@ def _share_equal(answers: list[str], others: list[str]) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--converter", required=True, type=Path, help="llama.cpp's convert_lora_to_gguf.py")
-    parser.add_argument("--data-dir", default=glue.DEFAULT_DATA_DIR, help="GLUE TSV folder")
+    runner.add_data_option(parser)
     parser.add_argument("--scratch", type=Path, default=Path(DEFAULT_SCRATCH))
     parser.add_argument("--target-ratio", type=float, default=0.4)
     parser.add_argument("--records", type=int, nargs=3, default=[160, 16, 16], metavar=("TRAIN", "VALIDATION", "DEV"))
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if not args.converter.is_file():
         raise SystemExit(f"{args.converter}: no such file (llama.cpp's convert_lora_to_gguf.py)")
-    glue.quiet_threads(args.threads)
+    runner.quiet_threads(args.threads)
     import llama_cpp
     import torch
 
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     base_name = gguf_cache.default_model()
     data = args.scratch / "data"
-    summary, tokenizer = decoder.build_embedded_data(args.data_dir, data, decoder.Sizes(*args.records))
+    glue_dir = runner.require_glue_dir(args.data_dir)
+    summary, tokenizer = decoder.build_embedded_data(glue_dir, data, decoder.Sizes(*args.records))
     run = args.scratch / "run"
     metrics = train_run(args, data, run)
     uniform = uniform_rank(run, args.scratch / "adapter-uniform-rank")
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "variants": results,
         "versions": {"llama_cpp_python": llama_cpp.__version__, "torch": torch.__version__},
-        "machine": glue.machine(),
+        "machine": runner.machine(),
         "seconds": round(time.perf_counter() - started, 1),
     }
     if args.output:

@@ -1,9 +1,8 @@
 """Peak memory (RSS) per epoch of a multi-epoch ``sora train`` run: does memory grow epoch over epoch?
 
 The run is ``sora.train.train`` in this process (SoRA, the embedded MiniLM-L6, an RTE subset), exactly what
-``sora train`` does, with one addition: a ``TrainerCallback`` attached to the Trainer that ``train`` builds (the
-benchmark swaps ``sora.train.SoraTrainer`` for a subclass that adds the callback; nothing else changes). What is
-measured, for the whole process (model, data, Trainer, Python heap):
+``sora train`` does, with one addition: a ``TrainerCallback`` among the Trainer's callbacks (``train``'s
+``callbacks``; nothing else changes). What is measured, for the whole process (model, data, Trainer, Python heap):
 
 * ``peak_rss_mib``: ``getrusage(RUSAGE_SELF).ru_maxrss``, the process's peak RSS so far, read when epoch k's
   checkpoint has been saved (``on_save``; one per epoch: its training steps, dev evaluation and checkpoint are done);
@@ -30,10 +29,10 @@ Usage::
     python benchmarks/memory.py --output benchmarks/results/memory_cpu.json
 
 Two comparisons (``--compare``) measure what a ``sora train`` process holds, one fresh process per configuration
-(or two, under torchrun), so that the peaks of different configurations do not mix. Each process runs the real
-``sora train`` command line (``sora.cli.main``) with a ``TrainerCallback`` attached the same way (``--probe``: the
-process writes one JSON per rank), a few training steps of the embedded MiniLM-L6 on a GLUE subset (``--task``: SST-2
-or RTE):
+(or two, under torchrun), so that the peaks of different configurations do not mix. Each process runs a real
+``sora train`` command line (read by ``sora.cli.config_from_argv``, run by ``sora.train.train``) with a
+``TrainerCallback`` passed the same way (``--probe``: the process writes one JSON per rank), a few training steps
+of the embedded MiniLM-L6 on a GLUE subset (``--task``: SST-2 or RTE):
 
 * ``--compare 4bit``: LoRA and SoRA on the full-precision base against the 4-bit NF4 base (``--load-in-4bit``), one
   process each. ``--task causal-lm`` measures the embedded decoder instead (SmolLM2-135M-Instruct, the folder
@@ -83,11 +82,11 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
+import runner  # benchmarks/runner.py: the CPU model, the GLUE folder option
 import torch
 import transformers
 from transformers import TrainerCallback
@@ -99,7 +98,6 @@ MIB = 1024 * 1024
 GROWTH_PERCENT = 2.0
 GROWTH_FLOOR_MIB = 16.0
 SAMPLE_SECONDS = 0.1
-REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mib() -> float:
@@ -168,23 +166,6 @@ class MemoryRecorder(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._stop.set()
         self._thread.join()
-
-
-@contextmanager
-def recording(recorder: MemoryRecorder):
-    """Make ``sora.train.train`` build its Trainer with ``recorder`` attached."""
-    original = sora_train.SoraTrainer
-
-    class MeasuredTrainer(original):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.add_callback(recorder)
-
-    sora_train.SoraTrainer = MeasuredTrainer
-    try:
-        yield
-    finally:
-        sora_train.SoraTrainer = original
 
 
 def growth(rows: list[dict[str, Any]], key: str, start_epoch: int) -> dict[str, float | bool]:
@@ -399,20 +380,19 @@ class TensorProbe(TrainerCallback):
         }
 
 
-def probe(folder: Path, sora_argv: list[str]) -> int:
-    """Run ``sora <sora_argv>`` in this process with a :class:`TensorProbe` on its Trainer; write
-    ``folder/rank<RANK>.json``: the probe's last row, and the peak RSS at the end of the run."""
-    from sora import cli
+def probe(folder: Path, train_argv: list[str]) -> dict[str, Any]:
+    """Run ``sora train <train_argv>`` in this process with a :class:`TensorProbe` among its Trainer's callbacks;
+    write and return ``folder/rank<RANK>.json``: the probe's last row, and the peak RSS at the end of the run. A run
+    that fails raises (the process exits non-zero, which stops the comparison)."""
+    from sora.cli import config_from_argv
 
     started = {"peak_rss_mib": round(peak_rss_mib(), 1), "rss_mib": round(rss_mib(psutil.Process()), 1)}
     callback = TensorProbe()
-    with recording(callback):
-        status = cli.main(sora_argv)
+    sora_train.train(config_from_argv(train_argv), callbacks=[callback])
     rank = int(os.environ.get("RANK", "0"))
     result = {
         "rank": rank,
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-        "exit_status": status,
         "torch_threads": torch.get_num_threads(),
         "after_imports": started,
         "train_begin": callback.train_begin,
@@ -421,17 +401,7 @@ def probe(folder: Path, sora_argv: list[str]) -> int:
         "end_vm_hwm_mib": vm_hwm_mib(),
     }
     write_json(folder / f"rank{rank}.json", result)
-    return status
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return result
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
@@ -555,6 +525,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     threads = spec["threads"] if args.threads is None else args.threads
     if min(args.steps, batch, eval_samples, args.seq_len, threads) < 1:
         raise SystemExit("--steps, --batch-size, --eval-samples, --seq-len and --threads must be >= 1")
+    runner.require_glue_dir(args.data_dir)  # every configuration reads GLUE (causal-lm: its records are built from it)
     train_samples = args.steps * batch * world
     env = {
         **os.environ,
@@ -630,7 +601,7 @@ def compare(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "gpu": "not measured (no GPU lent): torch.cuda.max_memory_allocated was not read",
         },
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": runner.cpu_model(),
             "nproc": os.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
             "torch": torch.__version__,
@@ -661,9 +632,9 @@ def _version(package: str) -> str | None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--probe"]:  # a measured `sora train` process (one per configuration, one per rank)
-        if len(argv) < 3:
+        if argv[2:3] != ["train"]:
             raise SystemExit("usage: memory.py --probe FOLDER train ...")
-        raise SystemExit(probe(Path(argv[1]), argv[2:]))
+        return probe(Path(argv[1]), argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--compare",
@@ -696,8 +667,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--timeout", type=float, default=PROBE_TIMEOUT, help=f"--compare: seconds per process (default {PROBE_TIMEOUT})"
     )
-    default_glue = os.environ.get("GLUE_DIR", str(REPO.parent / "shared" / "data" / "glue"))
-    parser.add_argument("--data-dir", default=default_glue, help="GLUE TSV folder (default: $GLUE_DIR or ../shared)")
+    runner.add_data_option(parser)
     parser.add_argument("--output", help="write the numbers to this JSON file")
     args = parser.parse_args(argv)
     if args.compare == "fsdp" and args.task == CAUSAL_LM:
@@ -732,7 +702,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             task="rte",
             output_dir=str(Path(scratch) / "run"),
             method="sora",
-            data_dir=args.data_dir,
+            data_dir=runner.require_glue_dir(args.data_dir),
             epochs=args.epochs,
             batch_size=args.batch_size,
             max_seq_length=args.seq_len,
@@ -744,8 +714,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"SoRA on RTE ({args.samples} examples, seq {args.seq_len}, batch {args.batch_size}), MiniLM-L6, CPU")
         print(f"before training: peak RSS {before['peak_rss_mib']} MiB, RSS {before['rss_mib']} MiB", flush=True)
         started = time.perf_counter()
-        with recording(recorder):
-            metrics = sora_train.train(cfg)
+        metrics = sora_train.train(cfg, callbacks=[recorder])
         seconds = time.perf_counter() - started
     rows = recorder.rows
     if len(rows) != args.epochs:

@@ -100,17 +100,6 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def deberta_v3_base_config(layers: int | None = None) -> DebertaV2Config:
     """The configuration of microsoft/deberta-v3-base (2 labels), written out so that nothing is downloaded."""
     return DebertaV2Config(
@@ -453,6 +442,8 @@ def paired(a: Workload, b: Workload) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from runner import cpu_model  # benchmarks/runner.py (benchmarks/ is on sys.path)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds (default: 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds (default: 3)")

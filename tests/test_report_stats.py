@@ -16,6 +16,7 @@ from conftest import load_benchmark
 load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the script does
 
 import glue  # noqa: E402
+import runner  # noqa: E402
 from report import stats  # noqa: E402
 from report.load import Machine  # noqa: E402
 from report.markdown import rank_pattern  # noqa: E402
@@ -183,7 +184,7 @@ def test_stop_at_is_the_next_such_time():
     """``--stop-at HH:MM`` is the next time the UTC clock shows HH:MM: a time already past today means tomorrow's,
     so a session that starts before midnight can stop after it."""
     parser = argparse.ArgumentParser()
-    glue.add_runner_options(parser, "scratch")
+    runner.add_runner_options(parser, "scratch")
     now = dt.datetime.now(dt.UTC)
     for minutes in (-60, 60):
         wanted = now + dt.timedelta(minutes=minutes)

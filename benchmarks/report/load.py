@@ -40,7 +40,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 class Machine(NamedTuple):
-    """What a GLUE result records of the machine that measured it (``glue.machine()``)."""
+    """What a GLUE result records of the machine that measured it (``runner.machine()``)."""
 
     nproc: int | None
     cpu: str | None

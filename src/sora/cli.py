@@ -10,8 +10,12 @@ import json
 import os
 import sys
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from .errors import SoraError
+
+if TYPE_CHECKING:
+    from .run_config import TrainConfig
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -322,6 +326,42 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def train_argv(cfg: TrainConfig) -> list[str]:
+    """The ``sora train`` arguments that reproduce ``cfg`` (:func:`config_from_argv` reads them back): ``--task`` and
+    ``--method``, then, in ``TrainConfig``'s field order, each option whose value is not its field's default (the
+    learning rate's: the method's). Settings that ``TrainConfig`` resolves when it is built are always stated: the
+    gate init (N(0, 1), or 1.0 with a budget) and a budget's score."""
+    from .methods import get_method
+    from .run_config import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)} | {"lr": get_method(cfg.method).default_lr}
+    argv = ["--task", cfg.task, "--method", cfg.method]
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name in ("task", "method") or value == defaults[f.name]:
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(value, bool):
+            argv.append(flag)
+        elif isinstance(value, list):
+            argv += [flag, ",".join(value)]
+        else:
+            argv += [flag, _number(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+def config_from_argv(argv: list[str]) -> TrainConfig:
+    """The ``TrainConfig`` that ``sora train`` builds from ``argv`` (its arguments, without ``sora train``); the
+    inverse of :func:`train_argv`. A bad argument raises :class:`SoraError`, one line."""
+    return _train_config(_parser().parse_args(["train", *argv]))
+
+
+def _number(value: float) -> str:
+    """``value`` as short as it reads back exactly: ``%g`` (2, 0.0001, 1e-05), else ``repr``."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""benchmarks/runner.py, the resumable runner of glue.py and decoder.py, without training: a run is done once and
+its result read back after, a failure is recorded with the runner's fields and retried only where failures are not
+results, a run another live worker holds or the spent budget leaves alone, a dead worker's lock is taken over, the
+run folder starts empty; a run that needs GLUE and has no folder is a one-line exit; the machine record holds what the
+report reads. And the two runners on it: glue.py's run and decoder.py's row records."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import load_benchmark
+
+load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the script does
+
+import decoder  # noqa: E402
+import glue  # noqa: E402
+import runner  # noqa: E402
+from report.load import Machine  # noqa: E402
+
+
+def _args(tmp_path, data_dir=None, stop_at=None, **more) -> argparse.Namespace:
+    return argparse.Namespace(scratch=str(tmp_path / "scratch"), data_dir=data_dir, stop_at=stop_at, threads=1, **more)
+
+
+class _Calls:
+    """A run's ``work``: counts its calls, returns ``numbers`` or raises ``error``."""
+
+    def __init__(self, numbers=None, error=None):
+        self.numbers, self.error, self.calls = numbers or {"score": 1.0}, error, 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.error:
+            raise self.error
+        return self.numbers
+
+
+def _job(tmp_path, work, failures_are_results=True, seen=None):
+    def setup():
+        if seen is not None:
+            seen.append(sorted(p.name for p in out.iterdir()) if out.exists() else None)
+        return runner.Run({"variant": "v", "command": "sora train ..."}, work, lambda: {"task": "t"}, str)
+
+    out = tmp_path / "scratch" / "exp" / "run1"
+    results = tmp_path / "results"
+    return runner.Job("exp", "run1", results / "run1.json", results / "failed" / "run1.json", out, setup,
+                      failures_are_results)  # fmt: skip
+
+
+def test_a_run_is_done_once_and_read_back(tmp_path):
+    work = _Calls()
+    job = _job(tmp_path, work)
+    first = runner.Runner(_args(tmp_path)).attempt(job)
+    assert first["score"] == 1.0 and first["variant"] == "v" and first["command"] == "sora train ..."
+    assert first["experiment"] == "exp" and len(first["loadavg_start"]) == len(first["loadavg_end"]) == 3
+    assert {"invocation", "finished", "machine"} <= set(first)
+    assert json.loads(job.result.read_text()) == first
+    again = runner.Runner(_args(tmp_path))
+    assert again.attempt(job) == first and work.calls == 1 and again.ran == 0
+    assert not (tmp_path / "scratch" / "locks" / "exp" / "run1.lock").exists()
+
+
+def test_the_run_folder_starts_empty(tmp_path):
+    seen = []
+    job = _job(tmp_path, _Calls(), seen=seen)
+    (job.out / "checkpoints").mkdir(parents=True)
+    runner.Runner(_args(tmp_path)).attempt(job)
+    assert seen == [None]
+
+
+@pytest.mark.parametrize("final", [True, False])
+def test_a_failure_is_recorded_and_retried_only_where_it_is_not_a_result(tmp_path, final):
+    work = _Calls(error=ValueError("every gate is zero"))
+    job = _job(tmp_path, work, failures_are_results=final)
+    worker = runner.Runner(_args(tmp_path))
+    assert worker.attempt(job) == {} and worker.attempt(job) == {} and work.calls == 1  # not again this invocation
+    record = json.loads(job.failed.read_text())
+    assert record["task"] == "t" and record["error"] == "ValueError: every gate is zero"
+    assert record["experiment"] == "exp" and record["invocation"] == worker.invocation
+    assert {"loadavg_start", "finished"} <= set(record) and not job.result.exists()
+    assert worker.failed == ["exp/run1: ValueError: every gate is zero"]
+    runner.Runner(_args(tmp_path)).attempt(job)  # the next invocation
+    assert work.calls == (1 if final else 2)
+
+
+def test_a_held_run_and_the_spent_budget_leave_the_run_alone(tmp_path):
+    work = _Calls()
+    job = _job(tmp_path, work)
+    lock = tmp_path / "scratch" / "locks" / "exp" / "run1.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(str(os.getpid()))  # a live worker
+    assert runner.Runner(_args(tmp_path)).attempt(job) is None and lock.exists()
+    lock.unlink()
+    spent = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    assert runner.Runner(_args(tmp_path, stop_at=spent)).attempt(job) is None and work.calls == 0
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # a finished worker's
+    assert runner.Runner(_args(tmp_path)).attempt(job)["score"] == 1.0 and not lock.exists()
+
+
+def test_a_run_without_a_glue_folder_is_one_line(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match=r"^no GLUE folder: pass --data-dir DIR \(the GLUE TSVs\) or set GLUE_DIR$"):
+        runner.require_glue_dir(None)
+    monkeypatch.setenv("GLUE_DIR", "/data/glue")
+    parser = argparse.ArgumentParser()
+    runner.add_data_option(parser)
+    assert parser.parse_args([]).data_dir == "/data/glue"
+    monkeypatch.delenv("GLUE_DIR")
+    parser = argparse.ArgumentParser()
+    runner.add_data_option(parser)
+    assert parser.parse_args([]).data_dir is None
+
+
+def test_the_machine_record_holds_what_the_report_reads():
+    record = runner.machine()
+    assert set(Machine._fields) <= set(record) and record["cpu"] == runner.cpu_model() != ""
+
+
+# --- the two runners on it ------------------------------------------------------------------------------------------
+
+
+def test_glue_asks_for_the_data_only_when_a_run_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr(glue, "RESULTS", tmp_path / "results")
+    worker = glue.Runner(_args(tmp_path))
+    with pytest.raises(SystemExit, match="^no GLUE folder"):
+        worker.run("defaults", "rte", "lora", 0, common={})
+    assert not list((tmp_path / "scratch" / "locks").rglob("*.lock"))
+    done = {"eval": {"accuracy": 0.5}}
+    glue.result_path("defaults", glue.run_name("rte", "lora", glue.RANK, 0)).parent.mkdir(parents=True)
+    glue.result_path("defaults", glue.run_name("rte", "lora", glue.RANK, 0)).write_text(json.dumps(done))
+    assert worker.run("defaults", "rte", "lora", 0, common={}) == done
+
+
+def test_a_decoder_row_records_its_fields_and_a_failure(tmp_path, monkeypatch):
+    worker = decoder.Runner(_args(tmp_path, results=str(tmp_path / "decoder"), records=[4, 2, 3]))
+    worker.summary = {"records": "the data"}
+    monkeypatch.setattr(worker, "zero_shot", lambda: {"tasks": {"sst2": {"loss": 1.0}}})
+    assert worker.run_row(decoder.ZERO_SHOT, None)
+    result = json.loads((tmp_path / "decoder" / "zero-shot.json").read_text())
+    assert result["tasks"] == {"sst2": {"loss": 1.0}} and result["command"] is None and result["seed"] is None
+    assert (result["variant"], result["experiment"], result["runner"]) == ("zero-shot", "decoder", decoder.RUNNER)
+    assert result["data"] == {"records": "the data"} and "machine" in result
+
+    def fail(cfg):
+        raise RuntimeError(f"no data at {cfg.train_file}")
+
+    monkeypatch.setattr(worker, "tuned", fail)
+    assert worker.run_row("lora", 0)  # a failure is a result here
+    record = json.loads((tmp_path / "decoder" / "failed" / "lora_seed0.json").read_text())
+    assert record["error"].startswith("RuntimeError: no data at ") and record["variant"] == "lora"
+    assert record["command"].startswith("OMP_NUM_THREADS=1 sora train --task causal-lm --method lora --output-dir ")
+    assert record["command"].endswith(" --epochs 1 --batch-size 8 --max-seq-length 192 --seed 0")
+    assert not (tmp_path / "decoder" / "lora_seed0.json").exists()
