@@ -157,12 +157,13 @@ EQUAL_BUDGET = tuple(row for group in EQUAL_BUDGET_GROUPS for row in group)
 # adapter: LoRA r = 6, 4, 2, 1), one epoch each, with the learned allocation of a budgeted `sora train`. The sweep
 # reuses the Defaults table's LoRA r=8 and the Equal-budget table's LoRA r=4 and r=6; the rest is run here. Every
 # run of a seed before the next seed; per task the schedule, then the sweep's missing ranks, then the other methods
-# at the same sizes (AdaLoRA, SoRA single budgets). (label, rank, settings)
+# at the same sizes (EVA, PEFT's data-driven allocation; AdaLoRA; SoRA single budgets). (label, rank, settings)
 FRONT_TASKS = ("sst2", "stsb", "mrpc")
 FRONT_TARGETS = (0.75, 0.5, 0.25, 0.125)
 FRONT_SCHEDULE = {"targets": FRONT_TARGETS, "epochs_per_stage": 1.0, "settings": {"gate_init": LEARNED["gate_init"]}}
 FRONT_GROUPS = (
     (("lora", 2, {}), ("lora", 1, {})),
+    (("eva", 8, {}), ("eva", 4, {}), ("eva", 2, {}), ("eva", 1, {})),
     (
         ("adalora", 2, {}), ("adalora", 1, {}),
         ("sora-budget25-const-contribution", RANK, {**LEARNED, "target_ratio": 0.25}),
