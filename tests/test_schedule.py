@@ -107,7 +107,7 @@ def test_the_schedule_is_named_by_the_kind_that_reproduces_it():
 @pytest.mark.parametrize(
     ("overrides", "xis", "epochs", "message"),
     [
-        ({"method": "lora"}, XIS, 1.0, "trains SoRA, not method 'lora'"),
+        ({"method": "lora"}, XIS, 1.0, "the sparsifying scheduler trains sora, not 'lora'"),
         ({}, [], 1.0, "at least one xi"),
         ({}, [0.1, -0.2], 1.0, "xi of stage 2 must be a finite number >= 0"),
         ({}, [0.1, math.nan], 1.0, "xi of stage 2"),
