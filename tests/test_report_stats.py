@@ -20,7 +20,7 @@ import runner  # noqa: E402
 from report import stats  # noqa: E402
 from report.load import Machine  # noqa: E402
 from report.markdown import rank_pattern  # noqa: E402
-from report.sections import equal, machine  # noqa: E402
+from report.sections import equal, front, machine  # noqa: E402
 
 AHEAD, WITHIN, BEHIND = [2.0, 3.0, 4.0], [1.0, 2.0, 3.0], [-4.0, -3.0, -2.0]
 
@@ -191,3 +191,32 @@ def test_stop_at_is_the_next_such_time():
         stop = parser.parse_args(["--stop-at", wanted.strftime("%H:%M")]).stop_at
         assert now < stop <= now + dt.timedelta(days=1)
         assert (stop.hour, stop.minute) == (wanted.hour, wanted.minute)
+
+
+def test_front_pairs_each_schedule_stage_with_lora_of_its_size(tmp_path):
+    """The front section on built runs: SST-2, 3 seeds; the schedule's stages score 1 point under LoRA of their size
+    at 75% and 50% (seed-to-seed noise 0.1) and 5 points under at 25% and 12.5%: within noise is not what they are,
+    behind is; the time ratio divides the schedule's stage seconds by the sweep's step time."""
+    runs, schedules = {}, {}
+    lora = {8: 90.0, 6: 90.0, 4: 89.0, 2: 88.0, 1: 87.0}
+    for seed in glue.SEEDS:
+        for r, value in lora.items():
+            name, result = _run("sst2", "lora", r, seed, value + 0.1 * seed)
+            runs[name] = {**result, "nonzero_params": 41472 * r, "seconds_per_epoch": 100.0,
+                          "hyperparameters": {"r": r, "epochs": 3.0}}  # fmt: skip
+        stages = [
+            {"nonzero_params": 41472 * round(8 * t), "seconds": 150.0,
+             "dev": {"m": (lora[round(8 * t)] + 0.1 * seed - (1.0 if t >= 0.5 else 5.0) + 0.01 * seed) / 100}}
+            for t in glue.FRONT_TARGETS
+        ]  # fmt: skip
+        name = glue.run_name("sst2", front.SCHEDULE, glue.RANK, seed)
+        schedules[name] = {"task": "sst2", "primary_metric": "m", "stages": stages, "command": "sora schedule ..."}
+    text, verdicts = front.front_section(runs, schedules, tmp_path, figures=tmp_path)
+    assert (tmp_path / "front_sst2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert verdicts == [
+        "- SST-2: 75%: behind (-1.0, 3 seeds); 50%: behind (-1.0, 3 seeds); 25%: behind (-5.0, 3 seeds); "
+        "12.5%: behind (-5.0, 3 seeds)."
+    ]
+    row = next(line for line in text.splitlines() if line.startswith("| 25% (LoRA r=2)"))
+    assert row.replace(" ", "").split("|")[2:5] == ["82.9K", "83.0,83.1,83.2", "88.0,88.1,88.2"], row
+    assert "step time only: 0.50, 0.50, 0.50 (per seed)" in text  # 4 stages x 150 s against 4 runs x 3 x 100 s
