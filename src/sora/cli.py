@@ -78,6 +78,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder of GLUE TSVs (default: $GLUE_DIR, else the hub)")
     p.add_argument("--train-file", default=None, help="custom and causal-lm tasks: CSV or JSONL")
     p.add_argument("--validation-file", default=None, help="custom and causal-lm tasks: CSV or JSONL")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME_OR_DIR",
+        help="custom and causal-lm tasks, instead of the files: a save_to_disk folder, a folder or glob of parquet, "
+        "JSON or CSV files, or a hub dataset",
+    )
+    p.add_argument("--dataset-config", default=None, help="--dataset: the hub dataset's configuration")
+    p.add_argument("--train-split", default=d["train_split"], help="--dataset: the split to train on")
+    p.add_argument("--validation-split", default=d["validation_split"], help="--dataset: the split to score")
     p.add_argument("--text-columns", default=None, help="custom task: a or a,b")
     p.add_argument("--label-column", default=d["label_column"])
     p.add_argument(
@@ -172,6 +182,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default=None)
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--validation-file", default=None, help="custom-task and causal-lm adapters: their dev file")
+    ev.add_argument(
+        "--dataset", default=None, metavar="NAME_OR_DIR", help="custom-task and causal-lm adapters (default: the run's)"
+    )
+    ev.add_argument("--dataset-config", default=None, help="--dataset: the hub dataset's configuration")
+    ev.add_argument("--validation-split", default=None, help="the dataset's split to score (default: the run's)")
     ev.add_argument("--model", default=None, help="the base model (default: the one the adapter names)")
     ev.add_argument(
         "--load-in-4bit",
@@ -255,6 +270,9 @@ def _run(argv: list[str]) -> int:
             task=args.task,
             data_dir=args.data_dir,
             validation_file=args.validation_file,
+            dataset=args.dataset,
+            dataset_config=args.dataset_config,
+            validation_split=args.validation_split,
             batch_size=args.batch_size,
             max_eval_samples=args.max_eval_samples,
             seed=args.seed,

@@ -1,4 +1,5 @@
-"""GLUE and user data: read the original GLUE TSVs (or a CSV/JSONL of your own), tokenize for a classifier.
+"""GLUE and user data: read the original GLUE TSVs (or a CSV/JSONL or ``datasets`` dataset of your own), tokenize
+for a classifier.
 
 Every task comes out the same way: a ``DatasetDict`` with a ``"train"`` split and one or more validation splits,
 columns ``text_a``, optional ``text_b`` and ``label`` (an int64 class id, or a float32 score for regression).
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from datasets import Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
+from . import dataset_input
 from .errors import SoraError
 
 _TEXT_KEYS = ("text_a", "text_b")
@@ -148,6 +150,10 @@ def load_task(
     validation_file: str | Path | None = None,
     text_columns: list[str] | tuple[str, ...] | None = None,
     label_column: str = "label",
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    train_split: str = "train",
+    validation_split: str = "validation",
 ) -> TaskData:
     """Load a GLUE task (``TASKS``) or ``"custom"`` data as a ``TaskData``.
 
@@ -156,15 +162,20 @@ def load_task(
     Hugging Face hub (``nyu-mll/glue``).
 
     ``"custom"`` reads ``train_file`` and ``validation_file`` (.csv, .tsv, .jsonl or .json as JSON Lines) with the
-    1 or 2 ``text_columns`` and ``label_column``. If every label (train and validation) is a number and one is not
+    1 or 2 ``text_columns`` and ``label_column``, or instead the splits ``train_split`` and ``validation_split`` of
+    ``dataset`` (:mod:`sora.dataset_input`; ``dataset_config``: a hub dataset's configuration), a ``ClassLabel``
+    column read as its names. If every label (train and validation) is a number and one is not
     an integer, the task is regression; otherwise the classes are the sorted distinct train label strings.
     """
     if task == "custom":
         if data_dir is not None:
             raise SoraError("task 'custom' reads train_file and validation_file; data_dir is for GLUE tasks")
-        return _load_custom(train_file, validation_file, text_columns, label_column)
+        splits = None if dataset is None else (train_split, validation_split)
+        return _load_custom(train_file, validation_file, text_columns, label_column, dataset, dataset_config, splits)
     if task not in TASKS:
         raise SoraError(f"unknown task {task!r}; known tasks: {', '.join([*TASKS, 'custom'])}")
+    if dataset is not None:
+        raise SoraError(f"--dataset is for tasks custom and causal-lm; GLUE task {task!r} reads --data-dir or the hub")
     if train_file is not None or validation_file is not None or text_columns is not None:
         raise SoraError(f"train_file, validation_file and text_columns are for task 'custom', not {task!r}")
     spec = TASKS[task]
@@ -183,15 +194,29 @@ def load_task(
     return TaskData(spec, DatasetDict(splits))
 
 
-def load_validation(spec: TaskSpec, validation_file: str | Path) -> TaskData:
-    """A dev file scored with a known task's label set: ``sora eval`` of a custom-task adapter.
+def load_validation(
+    spec: TaskSpec,
+    validation_file: str | Path | None = None,
+    *,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    validation_split: str = "validation",
+) -> TaskData:
+    """A dev file, or the split ``validation_split`` of ``dataset``, scored with a known task's label set: ``sora
+    eval`` of a custom-task adapter.
 
-    The file has the spec's text and label columns; a label outside ``spec.label_names`` is a SoraError.
+    The data have the spec's text and label columns; a label outside ``spec.label_names`` is a SoraError.
     """
-    path = Path(validation_file)
-    texts, labels = _read_file(path, spec.text_columns, spec.label_column)
-    dataset = _dataset(texts, _encode_labels(path, labels, spec.label_names), spec.is_regression)
-    return TaskData(replace(spec, validation_splits=("validation",)), DatasetDict({"validation": dataset}))
+    if dataset is not None:
+        where: str | Path = dataset_input.where(dataset, validation_split)
+        texts, labels = _read_dataset(dataset, dataset_config, validation_split, spec.text_columns, spec.label_column)
+    elif validation_file is not None:
+        where = Path(validation_file)
+        texts, labels = _read_file(where, spec.text_columns, spec.label_column)
+    else:
+        raise SoraError("a custom task's dev data: give validation_file or dataset")
+    scored = _dataset(texts, _encode_labels(where, labels, spec.label_names), spec.is_regression)
+    return TaskData(replace(spec, validation_splits=("validation",)), DatasetDict({"validation": scored}))
 
 
 def tokenize(data: TaskData, tokenizer: Any, max_seq_length: int) -> DatasetDict:
@@ -243,15 +268,27 @@ def _load_custom(
     validation_file: str | Path | None,
     text_columns: list[str] | tuple[str, ...] | None,
     label_column: str,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    dataset_splits: tuple[str, str] | None = None,
 ) -> TaskData:
-    if train_file is None or validation_file is None:
-        raise SoraError("task 'custom' needs both train_file and validation_file")
+    if dataset is None and (train_file is None or validation_file is None):
+        raise SoraError("task 'custom' needs both train_file and validation_file, or a dataset")
     if isinstance(text_columns, str):
         text_columns = [text_columns]
     if not text_columns or len(text_columns) > 2:
         raise SoraError(f"task 'custom' needs 1 or 2 text_columns, got {list(text_columns or [])}")
-    files = {"train": Path(train_file), "validation": Path(validation_file)}
-    read = {split: _read_file(path, tuple(text_columns), label_column) for split, path in files.items()}
+    columns = tuple(text_columns)
+    origin: dict[str, str | Path]  # what errors name: a file, or a dataset's split
+    if dataset is not None:
+        named = dict(zip(("train", "validation"), dataset_splits or ("train", "validation"), strict=True))
+        origin = {split: dataset_input.where(dataset, name) for split, name in named.items()}
+        read = {
+            split: _read_dataset(dataset, dataset_config, name, columns, label_column) for split, name in named.items()
+        }
+    else:
+        origin = {"train": Path(train_file), "validation": Path(validation_file)}
+        read = {split: _read_file(path, columns, label_column) for split, path in origin.items()}
     numbers = [_number(label) for _, labels in read.values() for _, label in labels]
     if all(x is not None for x in numbers) and not all(x.is_integer() for x in numbers):
         label_names, metric_names = None, ("pearson", "spearmanr")
@@ -260,7 +297,7 @@ def _load_custom(
         metric_names = ("accuracy", "f1_macro")
     spec = TaskSpec("custom", tuple(text_columns), label_column, label_names, metric_names)
     splits = {
-        split: _dataset(texts, _encode_labels(files[split], labels, label_names), spec.is_regression)
+        split: _dataset(texts, _encode_labels(origin[split], labels, label_names), spec.is_regression)
         for split, (texts, labels) in read.items()
     }
     return TaskData(spec, DatasetDict(splits))
@@ -340,7 +377,42 @@ def _read_file(
     return texts, labels
 
 
-def _cell(path: Path, line_num: int, record: dict[str, Any], column: str) -> str:
+def _read_dataset(
+    name: str, config: str | None, split: str, text_columns: tuple[str, ...], label_column: str
+) -> tuple[dict[str, list[str]], list[tuple[int, str]]]:
+    """Texts keyed ``text_a``/``text_b`` and (row index, raw label string) pairs of one split of a dataset."""
+    dataset = dataset_input.load_split(name, config, split)
+    where = dataset_input.where(name, split)
+    wanted = (*text_columns, label_column)
+    if not set(wanted) <= set(dataset.column_names):
+        raise SoraError(
+            f"{where}: columns found: {', '.join(dataset.column_names) or 'none'}; expected: text "
+            f"{'columns' if len(text_columns) > 1 else 'column'} {', '.join(text_columns)} and label column "
+            f"{label_column} (--text-columns, --label-column)"
+        )
+    feature = dataset.features[label_column]
+    dataset = dataset.select_columns(list(dict.fromkeys(wanted)))
+    texts: dict[str, list[str]] = {key: [] for key in _TEXT_KEYS[: len(text_columns)]}
+    labels = []
+    for i, record in enumerate(dataset):
+        if isinstance(feature, ClassLabel) and isinstance(record[label_column], int):
+            if 0 <= record[label_column] < feature.num_classes:
+                record[label_column] = feature.int2str(record[label_column])  # the class's name
+        empty = [column for column in wanted if record[column] is None]
+        if empty:
+            raise SoraError(f"{where}:{i}: column {empty[0]!r} is empty (null)")
+        cells = [_cell(where, i, record, column) for column in wanted]
+        if not cells[-1].strip():
+            raise SoraError(f"{where}:{i}: empty label in column {label_column!r}")
+        for key, cell in zip(texts, cells, strict=False):
+            texts[key].append(cell)
+        labels.append((i, cells[-1]))
+    if not labels:
+        raise SoraError(f"{where}: no data rows")
+    return texts, labels
+
+
+def _cell(path: str | Path, line_num: int, record: dict[str, Any], column: str) -> str:
     """A field as a string; JSON numbers and booleans are written as in JSON."""
     if column not in record:
         raise SoraError(f"{path}:{line_num}: no column {column!r} (columns: {', '.join(map(str, record))})")
@@ -361,7 +433,7 @@ def _number(label: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _encode_labels(path: Path, labels: list[tuple[int, str]], label_names: tuple[str, ...] | None) -> list:
+def _encode_labels(path: str | Path, labels: list[tuple[int, str]], label_names: tuple[str, ...] | None) -> list:
     """Class ids (index in ``label_names``), or floats when ``label_names`` is None."""
     ids = {name: i for i, name in enumerate(label_names or ())}
     encoded = []

@@ -43,6 +43,10 @@ class TrainConfig:
     data_dir: str | None = None
     train_file: str | None = None
     validation_file: str | None = None
+    dataset: str | None = None  # instead of the files: a datasets folder, file set or hub name (sora.dataset_input)
+    dataset_config: str | None = None  # --dataset: the hub dataset's configuration
+    train_split: str = "train"  # --dataset: the splits to train on and to score
+    validation_split: str = "validation"
     text_columns: list[str] | None = None
     label_column: str = "label"
     r: int = 8
@@ -94,6 +98,16 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise SoraError(f"{name} must be > 0, got {value!r}")
+        if self.dataset is not None and (self.train_file is not None or self.validation_file is not None):
+            raise SoraError("--dataset replaces --train-file and --validation-file: give one or the other")
+        if self.dataset is None and (
+            self.dataset_config is not None or (self.train_split, self.validation_split) != ("train", "validation")
+        ):
+            raise SoraError("--dataset-config, --train-split and --validation-split choose from a --dataset: give one")
+        for name in ("dataset", "dataset_config", "train_split", "validation_split"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise SoraError(f"{name} must be a non-empty name, got {value!r}")
         if not (math.isfinite(self.xi) and self.xi >= 0):
             raise SoraError(f"xi must be a finite number >= 0, got {self.xi!r}")
         if not 0 <= self.warmup_ratio < 1:
@@ -139,4 +153,5 @@ class TrainConfig:
 
     def hyperparameters(self) -> dict[str, Any]:
         skip = {"task", "output_dir", "method", "model", "data_dir", "train_file", "validation_file", "fsdp"}
+        skip |= {"dataset", "dataset_config", "train_split", "validation_split"}  # where the data come from
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}

@@ -22,6 +22,7 @@ from peft import PeftModel
 from safetensors import SafetensorError, safe_open
 
 from . import _io
+from .dataset_input import resolve
 from .errors import SoraError, first_line
 from .model import load_safetensors, quiet_peft
 from .run_config import TrainConfig
@@ -63,8 +64,9 @@ def prepare_output(cfg: TrainConfig, resume: bool) -> Path:
 def export(model: torch.nn.Module, tokenizer: Any, spec: Any, cfg: TrainConfig, final: Path) -> Path:
     """Write the adapter (or model) and its task file to the folder ``final`` atomically: a temp folder beside it,
     then a rename. The task file records ``spec`` (a dataclass) and what scoring needs to score the examples the run
-    scored in the same batches: ``max_seq_length``, ``max_eval_samples``, ``seed``, ``batch_size`` and whether the
-    base was loaded in 4 bits (``load_in_4bit``)."""
+    scored in the same batches: ``max_seq_length``, ``max_eval_samples``, ``seed``, ``batch_size``, whether the
+    base was loaded in 4 bits (``load_in_4bit``) and, for a ``--dataset`` run, its source (``dataset``:
+    :func:`dataset_record`)."""
     staging = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
@@ -77,11 +79,22 @@ def export(model: torch.nn.Module, tokenizer: Any, spec: Any, cfg: TrainConfig, 
         "seed": cfg.seed,
         "batch_size": eval_batch_size(cfg),
         "load_in_4bit": cfg.load_in_4bit,  # sora eval loads the base as the run trained on it
+        "dataset": None if cfg.dataset is None else dataset_record(cfg),  # sora eval scores the same dev split
     }
     _io.write_json(staging / TASK_FILE, task)
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     return final
+
+
+def dataset_record(cfg: TrainConfig) -> dict[str, str | None]:
+    """Where a ``--dataset`` run's dev split comes from, as the task file records it: the dataset (a local one as
+    an absolute path), its hub configuration and the split's name."""
+    return {
+        "dataset": resolve(cfg.dataset),
+        "dataset_config": cfg.dataset_config,
+        "validation_split": cfg.validation_split,
+    }
 
 
 def eval_batch_size(cfg: TrainConfig) -> int:

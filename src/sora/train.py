@@ -204,7 +204,8 @@ def evaluate_adapter(adapter: str | Path, **options: Any) -> dict[str, float]:
 
     ``options`` are :class:`sora.tasks.EvalOptions`' fields. ``max_eval_samples``, ``seed`` and ``batch_size``
     default to the run's own, so the scores are those of the examples the run scored, in the same batches: the
-    numbers of ``metrics.json``'s ``eval``.
+    numbers of ``metrics.json``'s ``eval``. So do ``dataset``, ``dataset_config`` and ``validation_split`` of a
+    ``--dataset`` run, unless a ``validation_file`` is given.
     """
     adapter = Path(adapter)
     if not adapter.is_dir():
@@ -214,4 +215,10 @@ def evaluate_adapter(adapter: str | Path, **options: Any) -> dict[str, float]:
     for name, value in earlier.items():
         if options.get(name) is None:
             options[name] = run.get(name, value)
+    if run.get("dataset") and options.get("dataset") is None and options.get("validation_file") is None:
+        for name, value in run["dataset"].items():  # a --dataset run: its dev split, unless told otherwise
+            if options.get(name) is None:
+                options[name] = value
+    if options.get("dataset") is None and (options.get("dataset_config") or options.get("validation_split")):
+        raise SoraError("--dataset-config and --validation-split choose from a --dataset: give one")
     return task_family(run["spec"]["name"]).evaluate(adapter, EvalOptions(**options))

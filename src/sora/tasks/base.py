@@ -38,7 +38,8 @@ class EvalOptions:
     """How to score an exported adapter: the one signature of every family's ``evaluate``.
 
     ``data``: the task as ``load`` returned it (inside ``sora train``), else the family reads it from ``task`` /
-    ``data_dir`` / ``validation_file``. ``max_eval_samples`` and ``seed`` pick the dev subset (as
+    ``data_dir`` / ``validation_file``, or the split ``validation_split`` of ``dataset`` (``dataset_config``: its
+    hub configuration; :mod:`sora.dataset_input`). ``max_eval_samples`` and ``seed`` pick the dev subset (as
     ``sora.data.subsample`` does); ``sora.train.evaluate_adapter`` fills them and ``batch_size`` from the run when
     they are None, so that ``sora eval`` scores the examples the run scored, in the same batches. ``model_name``:
     the base model, else the one the adapter names. ``load_in_4bit``: the base in NF4 (True) or in full precision
@@ -49,11 +50,18 @@ class EvalOptions:
     data: Any = None
     data_dir: str | None = None
     validation_file: str | None = None
+    dataset: str | None = None
+    dataset_config: str | None = None
+    validation_split: str | None = None  # None: "validation"
     batch_size: int | None = None
     max_eval_samples: int | None = None
     seed: int | None = None
     model_name: str | None = None
     load_in_4bit: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset is not None and self.validation_file is not None:
+            raise SoraError("give --dataset or --validation-file, not both")
 
     def base_in_4bit(self, task: dict[str, Any]) -> bool:
         """Whether to load the base in 4 bits for the adapter whose task file is ``task``: ``load_in_4bit`` if set,

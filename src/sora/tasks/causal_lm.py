@@ -1,6 +1,7 @@
 """The causal-LM task family: instruction tuning of decoder models (``sora train --task causal-lm``).
 
-Records (JSONL or CSV), each in one of three shapes:
+Records (JSONL or CSV files, or a ``datasets`` dataset: ``--dataset``, :mod:`sora.dataset_input`), each in one
+of three shapes:
 
 - ``{"prompt", "completion"}``: the loss covers the completion and the EOS token after it;
 - ``{"messages": [{"role", "content"}, ...]}``: rendered with the tokenizer's chat template; the loss covers what
@@ -30,7 +31,7 @@ from datasets import Dataset, DatasetDict
 from jinja2 import TemplateError
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
-from .. import _io, quant
+from .. import _io, dataset_input, quant
 from ..data import records, subsample
 from ..errors import SoraError, first_line
 from ..methods import get_method, names
@@ -190,6 +191,27 @@ def read_examples(path: str | Path, tokenizer: Any, max_seq_length: int) -> list
     return examples
 
 
+def dataset_examples(name: str, config: str | None, split: str, tokenizer: Any, max_seq_length: int) -> list[Example]:
+    """Every row of the split ``split`` of the dataset ``name`` (:mod:`sora.dataset_input`), encoded. Its columns
+    must hold a record shape (prompt and completion, messages, or text); a row is a record without its null fields,
+    and a bad one is a SoraError naming ``name[split]:index``."""
+    dataset = dataset_input.load_split(name, config, split)
+    where = dataset_input.where(name, split)
+    columns = set(dataset.column_names)
+    if not any(set(shape) <= columns for shape in _SHAPES):
+        raise SoraError(
+            f"{where}: columns found: {', '.join(dataset.column_names) or 'none'}; "
+            "expected: prompt and completion, messages, or text"
+        )
+    examples = [encode_record(r, tokenizer, max_seq_length, f"{where}:{i}") for i, r in dataset_input.rows(dataset)]
+    if not examples:
+        raise SoraError(f"{where}: no data rows")
+    return examples
+
+
+_SHAPES = (("prompt", "completion"), ("messages",), ("text",))  # the columns of each record shape
+
+
 def to_dataset(examples: list[Example]) -> Dataset:
     """The examples as the Trainer's columns: ``input_ids``, ``attention_mask``, ``labels``."""
     return Dataset.from_dict(
@@ -235,15 +257,23 @@ def load(cfg: TrainConfig) -> LoadedTask:
         raise SoraError(f"task {TASK} trains with {', '.join(names('decoders'))}, not {cfg.method!r}")
     if cfg.data_dir is not None or cfg.text_columns is not None:
         raise SoraError(f"--data-dir and --text-columns are for classification tasks, not {TASK}")
-    if cfg.train_file is None or cfg.validation_file is None:
-        raise SoraError(f"task {TASK} needs --train-file and --validation-file (JSONL or CSV)")
+    if cfg.dataset is None and (cfg.train_file is None or cfg.validation_file is None):
+        raise SoraError(f"task {TASK} needs --train-file and --validation-file (JSONL or CSV), or --dataset")
     name = gguf_cache.resolve(cfg.model)  # a .gguf file: its converted folder, which the adapter names as its base
     tokenizer = causal_tokenizer(name)
-    train_examples = read_examples(cfg.train_file, tokenizer, cfg.max_seq_length)
-    dev_examples = read_examples(cfg.validation_file, tokenizer, cfg.max_seq_length)
+    if cfg.dataset is not None:
+        train_examples, dev_examples = (
+            dataset_examples(cfg.dataset, cfg.dataset_config, split, tokenizer, cfg.max_seq_length)
+            for split in (cfg.train_split, cfg.validation_split)
+        )
+        dev_source = dataset_input.where(cfg.dataset, cfg.validation_split)
+    else:
+        train_examples = read_examples(cfg.train_file, tokenizer, cfg.max_seq_length)
+        dev_examples = read_examples(cfg.validation_file, tokenizer, cfg.max_seq_length)
+        dev_source = cfg.validation_file
     prompts = [e for e in dev_examples if e.prompt_length is not None]
     if cfg.generate_eval and not prompts:
-        raise SoraError(f"{cfg.validation_file}: --generate-eval needs prompt/completion or messages records")
+        raise SoraError(f"{dev_source}: --generate-eval needs prompt/completion or messages records")
     data = CausalLMData(
         CausalLMSpec(),
         DatasetDict({"train": to_dataset(train_examples), "validation": to_dataset(dev_examples)}),
@@ -324,21 +354,27 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[Example]) -> 
 def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
     """Loss and perplexity of an exported causal-LM adapter (or full model) on the validation records.
 
-    ``options.data`` (from training) or ``options.validation_file``. With ``data.generate_eval`` = N, the first N
-    validation prompts are generated greedily into ``data.generations_file`` (JSON Lines) and ``exact_match`` is
-    their matched share.
+    ``options.data`` (from training), ``options.validation_file`` or the split ``options.validation_split`` of
+    ``options.dataset``. With ``data.generate_eval`` = N, the first N validation prompts are generated greedily into
+    ``data.generations_file`` (JSON Lines) and ``exact_match`` is their matched share.
     """
     if options.task not in (None, TASK) or options.data_dir is not None:
-        raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file, no other task or data")
+        raise SoraError(
+            f"{adapter} was trained on task {TASK}: pass its --validation-file or --dataset, no other task or data"
+        )
     tokenizer = causal_tokenizer(str(adapter))
     in_4bit = options.base_in_4bit(saved_task(adapter))
     model = load_exported(adapter, options.model_name, lambda name: load_model(name, tokenizer, in_4bit))
     data = options.data
     if data is None:
-        if options.validation_file is None:
-            raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file")
         max_seq_length = saved_task(adapter)["max_seq_length"]
-        examples = read_examples(options.validation_file, tokenizer, max_seq_length)
+        if options.dataset is not None:
+            split = options.validation_split or "validation"
+            examples = dataset_examples(options.dataset, options.dataset_config, split, tokenizer, max_seq_length)
+        elif options.validation_file is not None:
+            examples = read_examples(options.validation_file, tokenizer, max_seq_length)
+        else:
+            raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file or --dataset")
         data = CausalLMData(CausalLMSpec(), DatasetDict({"validation": to_dataset(examples)}), [])
     dataset = subsample(data.splits["validation"], options.max_eval_samples, options.seed)
     scores = masked_loss(model, tokenizer, dataset, options.batch_size)

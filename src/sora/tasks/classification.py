@@ -1,4 +1,5 @@
-"""The classification family: GLUE tasks and custom CSV/JSONL data on a sequence classifier.
+"""The classification family: GLUE tasks and custom data (CSV/JSONL files or a ``datasets`` dataset) on a sequence
+classifier.
 
 Data come from :mod:`sora.data` (the GLUE TSVs, the hub, or a custom file), metrics from :mod:`sora.metrics`; this
 module adds the classifier and its head, the collator, the constant-prediction baseline and the scorer of an exported
@@ -118,6 +119,10 @@ def load_inputs(cfg: TrainConfig) -> tuple[TaskData, Any, Dataset, dict[str, Dat
         validation_file=cfg.validation_file,
         text_columns=cfg.text_columns,
         label_column=cfg.label_column,
+        dataset=cfg.dataset,
+        dataset_config=cfg.dataset_config,
+        train_split=cfg.train_split,
+        validation_split=cfg.validation_split,
     )
     tokenizer = load_tokenizer(cfg.model)
     encoded = tokenize(data, tokenizer, cfg.max_seq_length)
@@ -175,7 +180,8 @@ def score(
 
 def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
     """The GLUE metric of an exported adapter on the task's dev set (MNLI: both dev splits); a custom-task adapter
-    is scored on ``validation_file`` with the label set it was trained with."""
+    is scored on ``validation_file`` (or the split ``validation_split`` of ``dataset``) with the label set it was
+    trained with."""
     info = saved_task(adapter)
     spec = TaskSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["spec"].items()})
     tokenizer = load_tokenizer(str(adapter))
@@ -188,9 +194,17 @@ def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
         if options.task not in (None, spec.name):
             raise SoraError(f"{adapter} was trained on task {spec.name!r}, not {options.task!r}")
         if spec.name == "custom":
-            if options.validation_file is None:
-                raise SoraError(f"{adapter} was trained on custom data: pass its --validation-file")
-            data = load_validation(spec, options.validation_file)
+            if options.validation_file is None and options.dataset is None:
+                raise SoraError(f"{adapter} was trained on custom data: pass its --validation-file or --dataset")
+            data = load_validation(
+                spec,
+                options.validation_file,
+                dataset=options.dataset,
+                dataset_config=options.dataset_config,
+                validation_split=options.validation_split or "validation",
+            )
+        elif options.dataset is not None:
+            raise SoraError(f"{adapter} was trained on GLUE task {spec.name!r}: --dataset is for custom-task adapters")
         else:
             data = load_task(spec.name, options.data_dir)
     encoded = tokenize(data, tokenizer, info["max_seq_length"])
