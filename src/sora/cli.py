@@ -36,8 +36,8 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> None:  # one line, not usage + message
-        raise SoraError(f"{self.prog}: {message}")
+    def error(self, message: str) -> None:  # one line, not usage + message; main() adds the "sora: error: "
+        raise SoraError(message)
 
 
 def _float_or_str(value: str) -> float | str:
