@@ -1,10 +1,34 @@
-"""The ``sora`` command itself: argument errors."""
+"""The ``sora`` command itself: argument errors, unexpected errors with and without ``--debug`` / ``SORA_DEBUG``."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
+import sora
 from sora import cli
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh interpreter (this checkout's ``sora`` first on the path)."""
+    src = os.path.dirname(os.path.dirname(sora.__file__))
+    environ = {k: v for k, v in os.environ.items() if k != cli.DEBUG_ENV}
+    environ.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([src, environ.get("PYTHONPATH", "")]), **env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120, check=False
+    )
+
+
+def _train_argv(tmp_path) -> list[str]:
+    return ["train", "--task", "rte", "--output-dir", str(tmp_path / "out")]
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("boom in the train path\nits second line")
+
 
 # --- argument errors ------------------------------------------------------------------------------------------
 
@@ -22,3 +46,74 @@ from sora import cli
 def test_an_argument_error_is_one_line_with_one_prefix(capsys, argv, message):
     assert cli.main(argv) == 2
     assert capsys.readouterr().err == f"sora: error: {message}\n"
+
+
+# --- unexpected errors: one line, or the traceback with --debug / SORA_DEBUG ----------------------------------
+
+
+def test_an_unexpected_error_is_one_line_that_names_the_debug_switch(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    monkeypatch.setattr("sora.train.train", _boom)
+    assert cli.main(_train_argv(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith("sora: error: RuntimeError: boom in the train path (sora --debug or SORA_DEBUG=1 shows")
+
+
+@pytest.mark.parametrize("switch", ["env", "flag"])
+def test_debug_raises_the_unexpected_error_itself(tmp_path, monkeypatch, capsys, switch):
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    argv = _train_argv(tmp_path)
+    if switch == "env":
+        monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    else:
+        argv = ["--debug", *argv]
+    monkeypatch.setattr("sora.train.train", _boom)
+    with pytest.raises(RuntimeError, match="boom in the train path") as info:
+        cli.main(argv)
+    assert any(entry.name == "_boom" for entry in info.traceback)  # the frame that raised, kept
+    assert "sora: error" not in capsys.readouterr().err
+
+
+def test_debug_keeps_a_user_error_to_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    assert cli.main(["--debug", *_train_argv(tmp_path), "--r", "0"]) == 2
+    assert capsys.readouterr().err == "sora: error: r must be > 0, got 0\n"
+
+
+BROKEN_COMMAND = """
+import sys
+from sora import cli
+
+def broken(args):
+    raise RuntimeError("an internal error")
+
+cli._run = broken
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "traceback"),
+    [
+        ([], {}, False),
+        ([], {"SORA_DEBUG": "1"}, True),
+        (["--debug"], {}, True),
+        ([], {"SORA_DEBUG": "0"}, False),
+    ],
+    ids=["plain", "SORA_DEBUG=1", "--debug", "SORA_DEBUG=0"],
+)
+def test_the_process_shows_the_traceback_only_when_debugging(argv, env, traceback):
+    code = BROKEN_COMMAND.replace("sys.argv[1:]", repr([*argv, "ranks", "some-run"]))
+    result = _python(code, **env)
+    assert result.returncode == 1
+    if traceback:
+        assert "Traceback (most recent call last)" in result.stderr
+        assert 'sora/cli.py", line' in result.stderr and "in broken\n" in result.stderr  # every frame, to the raise
+        assert result.stderr.strip().splitlines()[-1] == "RuntimeError: an internal error"
+    else:
+        assert "Traceback" not in result.stderr
+        assert (
+            result.stderr.startswith("sora: error: RuntimeError: an internal error (")
+            and result.stderr.count("\n") == 1
+        )

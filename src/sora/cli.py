@@ -1,6 +1,7 @@
 """The ``sora`` command: train, eval, schedule, ranks, report.
 
 Every failure the user can fix is one line on stderr (``sora: error: ...``) and a non-zero exit, never a traceback.
+An unexpected failure (a bug) is one line too, unless ``sora --debug`` or ``SORA_DEBUG=1`` asks for its traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 from dataclasses import fields
 
 from .errors import SoraError
+
+DEBUG_ENV = "SORA_DEBUG"  # set to 1: an unexpected error shows its traceback (as `sora --debug`)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -137,6 +140,11 @@ def _train_config(args: argparse.Namespace):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sora", description="SoRA: Sparse Low-rank Adaptation on PEFT's LoRA.")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"an unexpected error shows its full traceback instead of one line (also: {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="fine-tune with SoRA or a baseline; write a run folder")
@@ -217,8 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         from .train import summary_line, train
 
@@ -297,20 +304,37 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+def _debugging(args: argparse.Namespace | None) -> bool:
+    """Whether an unexpected error shows its traceback: ``sora --debug``, or ``SORA_DEBUG`` set to 1 (or true, yes)."""
+    if args is not None and args.debug:
+        return True
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``sora`` and ``python -m sora``; returns the exit status."""
+    """Entry point of ``sora`` and ``python -m sora``; returns the exit status.
+
+    An unexpected exception (not a :class:`SoraError`) is one line and exit status 1, or, with ``sora --debug`` or
+    ``SORA_DEBUG=1``, raised again with its traceback.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = None
     try:
-        return _run(sys.argv[1:] if argv is None else argv)
+        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+        return _run(args)
     except SoraError as e:
         print(f"sora: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sora: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # an unforeseen failure: still one line, and its kind
+    except Exception as e:  # an unforeseen failure: one line and its kind, or its traceback when debugging
+        if _debugging(args):
+            raise
+        text = str(e).strip()
         print(
-            f"sora: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            f"sora: error: {type(e).__name__}: {text.splitlines()[0] if text else ''} "
+            f"(sora --debug or {DEBUG_ENV}=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1
