@@ -1,7 +1,9 @@
-"""The ``sora`` command itself: argument errors, unexpected errors with and without ``--debug`` / ``SORA_DEBUG``."""
+"""The ``sora`` command itself: argument errors, unexpected errors with and without ``--debug`` / ``SORA_DEBUG``, and
+parsing without the heavy libraries (``import sora`` is lazy)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import pytest
 
 import sora
 from sora import cli
+
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "datasets")
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -117,3 +121,66 @@ def test_the_process_shows_the_traceback_only_when_debugging(argv, env, tracebac
             result.stderr.startswith("sora: error: RuntimeError: an internal error (")
             and result.stderr.count("\n") == 1
         )
+
+
+# --- parsing without torch ------------------------------------------------------------------------------------
+
+
+COMMAND = """
+import sys
+from sora import cli
+try:
+    status = cli.main(ARGV)
+except SystemExit as e:  # --help
+    status = e.code
+print("imported:", *(m for m in HEAVY if m in sys.modules), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "stdout", "stderr"),
+    [
+        (["--help"], 0, "usage: sora [-h] [--debug]", ""),
+        (["train", "--help"], 0, "usage: sora train [-h] --task TASK", ""),
+        (["schedule", "--help"], 0, "usage: sora schedule [-h] --task TASK", ""),
+        (["train", "--task", "rte", "--output-dir", "x", "--bogus"], 2, "", "sora: error: unrecognized arguments"),
+        (["train", "--task", "rte", "--output-dir", "x", "--r", "0"], 2, "", "sora: error: r must be > 0, got 0"),
+    ],
+    ids=["help", "train-help", "schedule-help", "unknown-option", "bad-value"],
+)
+def test_help_and_argument_errors_import_no_heavy_library(argv, status, stdout, stderr):
+    result = _python(COMMAND.replace("ARGV", repr(argv)).replace("HEAVY", repr(HEAVY)))
+    assert result.returncode == status, result.stderr
+    assert result.stdout.startswith(stdout)
+    *lines, imported = result.stderr.splitlines()
+    assert imported == "imported:", f"torch & co. imported to answer {argv}: {imported}"
+    assert "\n".join(lines).startswith(stderr) and len(lines) == (1 if stderr else 0), lines
+
+
+# --- the lazy package -----------------------------------------------------------------------------------------
+
+
+def test_import_sora_is_lazy_and_dir_lists_every_public_name():
+    result = _python(
+        "import sys, sora; names = dir(sora); print(all(n in names for n in sora.__all__), "
+        f"[m for m in {HEAVY} if m in sys.modules])"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True []"
+
+
+def test_every_public_name_resolves_to_its_definition():
+    for name in sora.__all__:
+        value = getattr(sora, name)
+        assert value.__name__ == name, name
+        assert value is getattr(importlib.import_module(value.__module__), name)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        sora.no_such_name  # noqa: B018
+
+
+def test_the_submodule_sora_prune_does_not_hide_the_function():
+    importlib.import_module("sora.prune")  # binds the submodule on the package, as any `from .prune import` does
+    assert callable(sora.prune) and sora.prune is importlib.import_module("sora.prune").prune
+    result = _python("import sora.prune, sora; print(callable(sora.prune), sora.layer.__name__)")
+    assert result.stdout.split() == ["True", "sora.layer"], result.stderr

@@ -2,6 +2,9 @@
 
 Every failure the user can fix is one line on stderr (``sora: error: ...``) and a non-zero exit, never a traceback.
 An unexpected failure (a bug) is one line too, unless ``sora --debug`` or ``SORA_DEBUG=1`` asks for its traceback.
+
+Parsing the arguments imports neither torch nor transformers: each command imports what it runs, so ``sora --help``
+and a mistyped option answer at once.
 """
 
 from __future__ import annotations
@@ -227,9 +230,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
+        cfg = _train_config(args)  # a bad value is one line before torch and the Trainer load
         from .train import summary_line, train
 
-        metrics = train(_train_config(args), resume=args.resume)
+        metrics = train(cfg, resume=args.resume)
         print(summary_line(metrics), file=sys.stderr)
         print(
             json.dumps(
@@ -260,8 +264,6 @@ def _run(args: argparse.Namespace) -> int:
             _io.write_json(args.output, scores)
         print(json.dumps(scores))
     elif args.command == "schedule":
-        from .schedule import run_schedule, xi_values
-
         targets = None
         if args.target_list:
             targets = _numbers("--target-list", args.target_list, "fractions such as 0.9,0.7,0.5")
@@ -271,6 +273,9 @@ def _run(args: argparse.Namespace) -> int:
             from .run_config import BUDGET_GATE_INIT
 
             args.gate_init = BUDGET_GATE_INIT
+        cfg = _train_config(args)
+        from .schedule import run_schedule, xi_values
+
         if targets:
             xis = [args.xi] * len(targets)  # each stage's budget steers xi from here
         elif args.xi_list:
@@ -279,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
             xis = xi_values(
                 args.xi_schedule, args.xi_start if args.xi_start is not None else args.xi, args.xi_max, args.stages
             )
-        rows = run_schedule(_train_config(args), xis, args.epochs_per_stage, resume=args.resume, targets=targets)
+        rows = run_schedule(cfg, xis, args.epochs_per_stage, resume=args.resume, targets=targets)
         print(json.dumps({"output_dir": args.output_dir, "stages": len(rows)}))
     elif args.command == "ranks":
         from .analysis import analyze_ranks
