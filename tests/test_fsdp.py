@@ -201,6 +201,11 @@ def test_fsdp_in_one_process_is_one_line_and_writes_nothing(tmp_path, capsys):
             {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
             "DeepSpeed ZeRO-3 does not run sora train",
         ),
+        (
+            [],
+            {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"},
+            "DeepSpeed ZeRO-2 does not run sora train",
+        ),
     ],
 )
 def test_fsdp_settings_it_cannot_run_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, extra, env, message):
@@ -211,3 +216,17 @@ def test_fsdp_settings_it_cannot_run_are_one_line_and_write_nothing(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"sora: error: {message}"), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_deepspeed_config_file_with_zero_2_or_3_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, stage):
+    config = tmp_path / "ds_config.json"  # what accelerate launch --deepspeed_config_file points at
+    config.write_text(json.dumps({"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto"}))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config))
+    out = tmp_path / "train"
+    assert cli.main(["train", "--task", "rte", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sora: error: DeepSpeed ZeRO-{stage} does not run sora train"), err
+    assert err[0].endswith("shard with --fsdp") and not out.exists()
