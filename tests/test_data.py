@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from conftest import glue_folder
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -89,6 +90,15 @@ def glue_error(tmp_path: Path, glue_dir: Path, task: str, train: str | bytes) ->
 
 
 # --- the real GLUE files ------------------------------------------------------------------------------------------
+
+
+def test_a_missing_glue_folder_skips_the_test_and_says_where_it_looked(tmp_path):
+    with pytest.raises(pytest.skip.Exception, match=f"GLUE data not found at {re.escape(str(tmp_path))} ") as info:
+        glue_folder(tmp_path)
+    assert "set GLUE_DIR" in str(info.value)
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    assert glue_folder(tmp_path) == tmp_path
 
 
 @pytest.mark.parametrize("task", ROWS)
