@@ -224,6 +224,26 @@ CLI_ROWS: list[tuple[str, Callable[[Env], list[str]], str | tuple[str, ...]]] = 
     ),
     ("no-command", lambda e: [], "the following arguments are required: command"),
     (
+        "export-no-such-folder",
+        lambda e: ["export", str(e.tmp / "gone"), "--uniform-rank", "--output", str(e.out)],
+        ("gone does not exist", "give a run folder or an adapter folder"),
+    ),
+    (
+        "export-gguf-no-such-folder",
+        lambda e: ["export", str(e.tmp / "gone"), "--gguf", "--output", str(e.out / "adapter.gguf")],
+        "gone does not exist",
+    ),
+    (
+        "export-a-file",
+        lambda e: ["export", e.file("notes.txt", "mine"), "--uniform-rank", "--output", str(e.out)],
+        "notes.txt is not a folder",
+    ),
+    (
+        "export-not-an-adapter",
+        lambda e: ["export", _empty_dir(e, "plain"), "--uniform-rank", "--output", str(e.out)],
+        "plain: no LoRA adapter here (no adapter_config.json",
+    ),
+    (
         "train-unknown-reporter",
         lambda e: e.rte("--report-to", "bogus"),
         "unknown --report-to 'bogus'; known: none, all, azure_ml,",
@@ -326,7 +346,10 @@ def test_resume_with_other_settings_is_refused_and_the_run_kept(env, glue_dir, c
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["train", "--task", "imdb", "--output-dir", "{out}"], "unknown task 'imdb'"),
+        # unknown-task loads the Trainer's stack in a fresh interpreter (~7 s); r-negative stops before it
+        pytest.param(
+            ["train", "--task", "imdb", "--output-dir", "{out}"], "unknown task 'imdb'", marks=pytest.mark.slow
+        ),
         (["train", "--task", "rte", "--r", "-1", "--output-dir", "{out}"], "r must be > 0, got -1"),
     ],
     ids=["unknown-task", "r-negative"],

@@ -84,6 +84,7 @@ def runs() -> dict[tuple[int, float], tuple[PeftModel, int, torch.Tensor]]:
     return result
 
 
+@pytest.mark.slow  # the six runs of `runs` (up to 600 steps): ~15 s on 2 cores
 def test_every_run_lands_within_5_percent_of_its_budget(runs):
     full = sum(16 * (a.in_features + b.out_features) for a, b in _pairs(runs[60, 0.8][0]))
     for (steps, ratio), (model, target, _) in runs.items():
@@ -97,6 +98,7 @@ def _pairs(model):
     return [(m.lora_a, m.lora_b) for m in sora.modules.lora_modules(model)]
 
 
+@pytest.mark.slow
 def test_the_budget_is_not_filled_in_module_order(runs):
     """Live ranks per module, in module order, are not a prefix fill (full modules, then empty ones): the budget is
     spread over the modules by the gates."""
@@ -106,6 +108,7 @@ def test_the_budget_is_not_filled_in_module_order(runs):
         assert len(set(live)) > 2, live
 
 
+@pytest.mark.slow
 def test_the_kept_ranks_are_not_the_largest_initial_gates(runs):
     """Gradients move the gates before and while the threshold bites: the kept set is not the top-k of the initial
     ``|g|`` (which would mean the N(0, 1) start decided), and it drifts further from it in the longer run."""
@@ -120,6 +123,7 @@ def test_the_kept_ranks_are_not_the_largest_initial_gates(runs):
     assert min(overlap[600, r] for r in (0.8, 0.5, 0.2)) < 0.95, overlap
 
 
+@pytest.mark.slow
 def test_the_export_is_a_plain_peft_adapter_of_the_budget(runs, tmp_path):
     model, target, _ = runs[600, 0.5]
     ids, _ = _data()
@@ -180,6 +184,7 @@ def test_the_controller_state_is_in_the_optimizer_state_dict_and_resumes_bit_exa
     assert sora.count_parameters(model)["nonzero"] <= 3000
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_with_a_budget_equals_an_uninterrupted_run(tmp_path, glue_dir):
     """``sora train --target-ratio 0.5``, SIGKILLed after checkpoint-4 of 12 steps (mid-ramp), then ``--resume``:
     metrics, adapter tensors and every log row (xi, planned_params, nonzero_params...) equal the uninterrupted run's

@@ -12,12 +12,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+from conftest import MINILM, glue_folder
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sora.data import TASKS, TaskData, load_task, subsample, tokenize
 from sora.errors import SoraError
+from sora.run_config import TrainConfig
+from sora.tasks import classification
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
 
@@ -89,6 +92,15 @@ def glue_error(tmp_path: Path, glue_dir: Path, task: str, train: str | bytes) ->
 
 
 # --- the real GLUE files ------------------------------------------------------------------------------------------
+
+
+def test_a_missing_glue_folder_skips_the_test_and_says_where_it_looked(tmp_path):
+    with pytest.raises(pytest.skip.Exception, match=f"GLUE data not found at {re.escape(str(tmp_path))} ") as info:
+        glue_folder(tmp_path)
+    assert "set GLUE_DIR" in str(info.value)
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    assert glue_folder(tmp_path) == tmp_path
 
 
 @pytest.mark.parametrize("task", ROWS)
@@ -354,6 +366,28 @@ def test_subsample_is_deterministic():
     assert subsample(ds, 100, seed=0) is ds and subsample(ds, None, seed=0) is ds
     with pytest.raises(SoraError, match="sample size must be positive, got 0"):
         subsample(ds, 0, seed=0)
+
+
+def test_a_run_tokenizes_only_the_rows_it_keeps_and_keeps_the_rows_it_kept_before(glue_dir, monkeypatch, tmp_path):
+    """SST-2 with --max-train-samples 4000 (the README's main job, seed 42) tokenizes 4,000 training rows, not all
+    67,349, and they are the rows, in the order, that the runs behind BENCHMARKS.md trained on: the whole splits
+    tokenized, then subsampled."""
+    data_dir, out = str(glue_dir), str(tmp_path / "run")
+    cfg = TrainConfig("sst2", out, data_dir=data_dir, model=MINILM, max_train_samples=4000, max_eval_samples=300)
+    tokenized = []
+
+    def counting(data: TaskData, *args):
+        tokenized.append({split: len(ds) for split, ds in data.splits.items()})
+        return tokenize(data, *args)
+
+    monkeypatch.setattr(classification, "tokenize", counting)
+    data, tokenizer, train_set, dev = classification.load_inputs(cfg)
+    assert tokenized == [{"train": 4000, "validation": 300}]
+    assert len(data.splits["train"]) == 67349  # the task itself stays whole
+
+    before = tokenize(data, tokenizer, cfg.max_seq_length)  # the previous order: tokenize everything, then subsample
+    assert train_set.to_dict() == subsample(before["train"], 4000, seed=42).to_dict()
+    assert dev["validation"].to_dict() == subsample(before["validation"], 300, seed=42).to_dict()
 
 
 # --- property tests: whatever is written in a task's format reads back --------------------------------------------

@@ -41,6 +41,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test here waits on torchrun / accelerate runs of 2 processes
+
 WORLD = 2
 GLOBAL_BATCH = 8
 COMMON = [

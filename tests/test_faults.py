@@ -123,6 +123,7 @@ def reference(tmp_path_factory, glue_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, glue_dir, reference):
     """SIGKILL mid-epoch (after checkpoint-4 of 12 steps), then ``--resume`` in the same folder: the final metrics,
     the adapter tensors and every loss / grad-norm / learning-rate / live-rank log row equal the uninterrupted run's
@@ -135,6 +136,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, glue_dir, ref
     _assert_same_run(out, reference)
 
 
+@pytest.mark.slow
 def test_resume_skips_checkpoints_left_half_written_by_a_kill(tmp_path, glue_dir, reference):
     """A kill during a save leaves a newest ``checkpoint-N`` without ``trainer_state.json`` (written last) or with
     truncated weights. ``--resume`` must take the newest complete checkpoint, delete the broken ones, and still end
@@ -163,6 +165,7 @@ def test_resume_skips_checkpoints_left_half_written_by_a_kill(tmp_path, glue_dir
         load_file(truncated / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_last_complete_checkpoint_ignores_and_removes_broken_folders(tmp_path, reference):
     """Unit check of the selection: a missing or corrupt trainer state, truncated weights or no optimizer make a
     folder incomplete; the newest complete one is chosen; only ``remove_incomplete`` deletes, and only broken ones."""
@@ -186,6 +189,7 @@ def test_last_complete_checkpoint_ignores_and_removes_broken_folders(tmp_path, r
     assert last_complete_checkpoint(tmp_path / "absent", remove_incomplete=True) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "diverge",
     [

@@ -74,6 +74,7 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_fsdp_writes_a_one_process_run_folder(runs):
     out = runs["fsdp"]
     names = {p.name for p in out.iterdir()}
@@ -85,6 +86,7 @@ def test_fsdp_writes_a_one_process_run_folder(runs):
     assert [row["step"] for row in _log(out) if "loss" in row] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_fsdp_gates_and_adapter_match_one_process(runs):
     sharded, single = _metrics(runs["fsdp"]), _metrics(runs["single"])
     assert sharded["ranks"] == single["ranks"]
@@ -98,6 +100,7 @@ def test_fsdp_gates_and_adapter_match_one_process(runs):
         torch.testing.assert_close(tensors[name], value, atol=1e-5, rtol=1e-3, msg=name)
 
 
+@pytest.mark.slow
 def test_fsdp_loss_and_dev_metrics_match_one_process(runs):
     logs = {name: _log(out) for name, out in runs.items()}
     train = {name: [row for row in rows if "loss" in row] for name, rows in logs.items()}
@@ -112,6 +115,7 @@ def test_fsdp_loss_and_dev_metrics_match_one_process(runs):
     assert got["best_checkpoint"].rsplit("-", 1)[1] == want["best_checkpoint"].rsplit("-", 1)[1]
 
 
+@pytest.mark.slow
 def test_fsdp_trains_a_decoder_as_one_process_does(tmp_path):
     """`--task causal-lm --fsdp` on a tiny random Llama (the decoder layers are the FSDP2 units): 8 chat records, one
     global batch a step, 4 steps, ranks dying. Live ranks, adapter, per-step loss and dev loss as one process's."""
@@ -138,6 +142,7 @@ def test_fsdp_trains_a_decoder_as_one_process_does(tmp_path):
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_fsdp_sigkill_then_resume_equals_the_uninterrupted_sharded_run(runs, options, tmp_path):
     """SIGKILL torchrun and both workers once checkpoint-2 (of 4) is complete, then ``--resume``: the metrics, the
     adapter tensors and every log row equal the uninterrupted sharded run's bit for bit."""
@@ -201,6 +206,11 @@ def test_fsdp_in_one_process_is_one_line_and_writes_nothing(tmp_path, capsys):
             {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
             "DeepSpeed ZeRO-3 does not run sora train",
         ),
+        (
+            [],
+            {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"},
+            "DeepSpeed ZeRO-2 does not run sora train",
+        ),
     ],
 )
 def test_fsdp_settings_it_cannot_run_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, extra, env, message):
@@ -211,3 +221,17 @@ def test_fsdp_settings_it_cannot_run_are_one_line_and_write_nothing(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"sora: error: {message}"), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_deepspeed_config_file_with_zero_2_or_3_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, stage):
+    config = tmp_path / "ds_config.json"  # what accelerate launch --deepspeed_config_file points at
+    config.write_text(json.dumps({"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto"}))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config))
+    out = tmp_path / "train"
+    assert cli.main(["train", "--task", "rte", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"sora: error: DeepSpeed ZeRO-{stage} does not run sora train"), err
+    assert err[0].endswith("shard with --fsdp") and not out.exists()

@@ -127,6 +127,7 @@ def _cache_entries(cache: Path) -> set[str]:
 # the embedded decoder
 
 
+@pytest.mark.slow
 def test_the_embedded_decoder_converts_once_into_a_loadable_folder(embedded, cache, capsys):
     folder, printed = embedded
     assert folder.parent == cache / "gguf" and folder.name.startswith("SmolLM2-135M-Instruct.Q4_1-")
@@ -148,6 +149,7 @@ def test_the_embedded_decoder_converts_once_into_a_loadable_folder(embedded, cac
     assert "Paris" in tokenizer.decode(output[0, inputs["input_ids"].shape[1] :])  # the real weights, dequantized
 
 
+@pytest.mark.slow
 def test_causal_lm_trains_sora_on_the_embedded_decoder_without_model(embedded, tmp_path, capsys):
     folder, _ = embedded
     out = tmp_path / "run"

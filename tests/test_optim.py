@@ -141,6 +141,7 @@ def test_set_xi_rejects_negative_and_plain_models_are_refused():
         sora.SoraOptimizer(bert12(), lr=1e-3)
 
 
+@pytest.mark.slow  # 300 steps twice in float64: ~30 s on 2 cores
 def test_hundreds_of_steps_match_the_straightforward_reference():
     """The implementation (gates folded into B for the whole model, SoraOptimizer with foreach Adam over every group
     and the threshold in place) against the straightforward one: the gate multiplied in every module's forward pass,

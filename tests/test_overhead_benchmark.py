@@ -19,7 +19,14 @@ from report.sections import gpu  # noqa: E402
 TINY = ["--rounds", "1", "--warmup", "0", "--batch-size", "2", "--seq-len", "8", "--threads", "1", "--layers", "1"]
 
 
-@pytest.mark.parametrize(("model", "modules"), [("minilm", 6), ("deberta-v3-base", 6), ("smollm2", 7)])
+@pytest.mark.parametrize(
+    ("model", "modules"),
+    [
+        pytest.param("minilm", 6, marks=pytest.mark.slow),  # the quick run keeps test_model_path_loads_the_model...
+        pytest.param("deberta-v3-base", 6, marks=pytest.mark.slow),  # builds the full-size model: ~10 s on 2 cores
+        pytest.param("smollm2", 7, marks=pytest.mark.slow),  # ~20 s
+    ],
+)
 def test_cpu_run_with_bf16_autocast_reports_the_ratios(model, modules, tmp_path, request):
     if model == "smollm2":
         request.getfixturevalue("embedded")  # the embedded decoder, converted once for the session into a temp cache

@@ -263,9 +263,10 @@ def test_4bit_kernels_warning_is_held_back_and_remembered():
     assert quant._KernelsWarning.seen
 
 
+@pytest.mark.slow  # a fresh interpreter importing peft and bitsandbytes: ~10 s on 2 cores
 def test_4bit_a_plain_sora_command_prints_nothing_of_bitsandbytes():
-    """`sora train --help` imports sora, transformers and peft (which imports bitsandbytes when installed): no word
-    of bitsandbytes' missing `kernels`."""
+    """``import sora``, then peft (which imports bitsandbytes when installed), then `sora train --help`: no word of
+    bitsandbytes' missing `kernels`."""
     code = (
         "import sora, peft, bitsandbytes, runpy, sys; sys.argv = ['sora', 'train', '--help']; "
         "runpy.run_module('sora', run_name='__main__')"
@@ -310,6 +311,7 @@ def _sentiment_file(path, rows):
     return path
 
 
+@pytest.mark.slow
 def test_4bit_sora_on_the_embedded_decoder_learns(embedded, tmp_path):
     """`sora train --task causal-lm --method sora --load-in-4bit` with no --model: 4 steps on 8 chat records. The
     validation loss (answer and end-of-turn tokens) of the exported adapter on the NF4 base falls well below the

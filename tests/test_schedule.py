@@ -203,6 +203,7 @@ def test_a_finished_schedule_is_kept(run):
 # resume
 
 
+@pytest.mark.slow
 def test_an_interrupted_schedule_resumes_at_its_stage_and_ends_as_an_uninterrupted_one(run, tmp_path, monkeypatch):
     reference_cfg, reference = run
     cfg = _config(tmp_path / "run")

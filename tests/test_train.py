@@ -76,11 +76,16 @@ def _train(out, task, method, glue_dir, *extra):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, glue_dir):
-    """One RTE (a pair task) run per method; SoRA with random gates and a constant threshold, so it prunes."""
+    """One RTE (a pair task) run per method; SoRA with random gates and a constant threshold, so it prunes.
+
+    The five runs take ~25 s on 2 cores: every test that reads them is marked slow. The quick run (``-m "not slow"``)
+    still trains SoRA on RTE end to end (test_bad_input.py, test_allocation.py), and SoRA, LoRA, AdaLoRA and full
+    fine-tuning on a tiny decoder (test_causal_lm.py)."""
     base = tmp_path_factory.mktemp("runs")
     return {m: (base / m, _train(base / m, "rte", m, glue_dir, *SPARSE)) for m in METHODS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_writes_a_complete_run_folder(runs, method):
     out, metrics = runs[method]
@@ -100,6 +105,7 @@ def test_every_method_writes_a_complete_run_folder(runs, method):
     assert not list(out.glob("**/*.tmp")) and not (out / ".adapter.tmp").exists()
 
 
+@pytest.mark.slow
 def test_sora_prunes_and_logs_its_gates(runs):
     out, metrics = runs["sora"]
     lora = runs["lora"][1]
@@ -114,12 +120,14 @@ def test_sora_prunes_and_logs_its_gates(runs):
     assert config["peft_type"] == "LORA" and config["rank_pattern"]
 
 
+@pytest.mark.slow
 def test_bitfit_trains_only_biases_and_the_head(runs):
     metrics = runs["bitfit"][1]
     full = runs["full"][1]
     assert metrics["trainable_params"] < full["trainable_params"] / 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["sora", "adalora", "full"])
 def test_sora_eval_reproduces_the_reported_metric(runs, method, capsys, glue_dir):
     out, metrics = runs[method]
@@ -146,6 +154,7 @@ def test_sora_eval_reproduces_the_reported_metric(runs, method, capsys, glue_dir
     assert printed == pytest.approx(metrics["eval"]) and json.loads((out / "eval.json").read_text()) == printed
 
 
+@pytest.mark.slow
 def test_the_exported_adapter_loads_in_plain_peft(runs):
     out, _ = runs["sora"]
     base = AutoModelForSequenceClassification.from_pretrained(MINILM, num_labels=2)
@@ -224,6 +233,7 @@ def test_failures_are_one_line_and_leave_no_output(tmp_path, glue_dir, capsys):
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_an_existing_run_needs_resume(runs, glue_dir, capsys):
     out, _ = runs["lora"]
     assert (
@@ -245,6 +255,7 @@ def test_the_cli_process_prints_no_traceback(tmp_path):
     assert result.stderr.strip() == "sora: error: r must be > 0, got -1"
 
 
+@pytest.mark.slow  # compiles the model: ~1 minute on 2 cores
 def test_torch_compile_trains_the_same_adapter_as_eager(tmp_path, glue_dir, dropout_free_minilm):
     """``--torch-compile`` (the Trainer's ``torch_compile``) computes what eager mode does: the same live ranks and
     pruned adapter within float rounding (dropout off: compiled kernels draw their masks from another stream)."""
@@ -265,6 +276,7 @@ def test_torch_compile_trains_the_same_adapter_as_eager(tmp_path, glue_dir, drop
         torch.testing.assert_close(adapters[0][name], value, atol=1e-5, rtol=1e-3, msg=name)
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_pickled_adapter(tmp_path, runs):
     import shutil
 
@@ -285,6 +297,7 @@ def test_config_validation():
     assert train  # the Python API is the CLI's
 
 
+@pytest.mark.slow
 def test_ranks_and_report_commands_on_real_runs(runs, tmp_path, capsys):
     out, metrics = runs["sora"]
     assert main(["ranks", str(out)]) == 0
@@ -301,6 +314,7 @@ def test_ranks_and_report_commands_on_real_runs(runs, tmp_path, capsys):
     assert main(["ranks", str(runs["full"][0])]) == 2
 
 
+@pytest.mark.slow
 def test_sora_eval_scores_the_examples_the_run_scored_whatever_its_seed(tmp_path, capsys, glue_dir):
     """A run with --seed 1 and a dev subset: `sora eval` with no subset flags scores that subset, not seed 42's, in the
     run's batches, so the numbers are metrics.json's bit for bit (STS-B: a Pearson of another subset differs)."""
@@ -315,6 +329,7 @@ def test_sora_eval_scores_the_examples_the_run_scored_whatever_its_seed(tmp_path
     assert scored[2]["pearson"] != pytest.approx(metrics["eval"]["pearson"], abs=1e-3)  # seed 42's subset
 
 
+@pytest.mark.slow  # a run and an eval: ~9 s on 2 cores
 def test_a_run_prints_no_future_warning(tmp_path, glue_dir):
     """PEFT reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model: not shown to users."""
     with warnings.catch_warnings(record=True) as caught:

@@ -1,6 +1,10 @@
 """The ``sora`` command: train, eval, schedule, ranks, report.
 
 Every failure the user can fix is one line on stderr (``sora: error: ...``) and a non-zero exit, never a traceback.
+An unexpected failure (a bug) is one line too, unless ``sora --debug`` or ``SORA_DEBUG=1`` asks for its traceback.
+
+Parsing the arguments imports neither torch nor transformers: each command imports what it runs, so ``sora --help``
+and a mistyped option answer at once.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from .errors import SoraError
 
 if TYPE_CHECKING:
     from .run_config import TrainConfig
+
+DEBUG_ENV = "SORA_DEBUG"  # set to 1: an unexpected error shows its traceback (as `sora --debug`)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -40,8 +46,8 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
-    def error(self, message: str) -> None:  # one line, not usage + message
-        raise SoraError(f"{self.prog}: {message}")
+    def error(self, message: str) -> None:  # one line, not usage + message; main() adds the "sora: error: "
+        raise SoraError(message)
 
 
 def _float_or_str(value: str) -> float | str:
@@ -153,6 +159,11 @@ def _train_config(args: argparse.Namespace):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sora", description="SoRA: Sparse Low-rank Adaptation on PEFT's LoRA.")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"an unexpected error shows its full traceback instead of one line (also: {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="fine-tune with SoRA or a baseline; write a run folder")
@@ -244,12 +255,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
+        cfg = _train_config(args)  # a bad value is one line before torch and the Trainer load
         from .train import summary_line, train
 
-        metrics = train(_train_config(args), resume=args.resume)
+        metrics = train(cfg, resume=args.resume)
         print(summary_line(metrics), file=sys.stderr)
         print(
             json.dumps(
@@ -283,8 +294,6 @@ def _run(argv: list[str]) -> int:
             _io.write_json(args.output, scores)
         print(json.dumps(scores))
     elif args.command == "schedule":
-        from .schedule import run_schedule, xi_values
-
         targets = None
         if args.target_list:
             targets = _numbers("--target-list", args.target_list, "fractions such as 0.9,0.7,0.5")
@@ -294,6 +303,9 @@ def _run(argv: list[str]) -> int:
             from .run_config import BUDGET_GATE_INIT
 
             args.gate_init = BUDGET_GATE_INIT
+        cfg = _train_config(args)
+        from .schedule import run_schedule, xi_values
+
         if targets:
             xis = [args.xi] * len(targets)  # each stage's budget steers xi from here
         elif args.xi_list:
@@ -302,7 +314,7 @@ def _run(argv: list[str]) -> int:
             xis = xi_values(
                 args.xi_schedule, args.xi_start if args.xi_start is not None else args.xi, args.xi_max, args.stages
             )
-        rows = run_schedule(_train_config(args), xis, args.epochs_per_stage, resume=args.resume, targets=targets)
+        rows = run_schedule(cfg, xis, args.epochs_per_stage, resume=args.resume, targets=targets)
         print(json.dumps({"output_dir": args.output_dir, "stages": len(rows)}))
     elif args.command == "ranks":
         from .analysis import analyze_ranks
@@ -327,20 +339,37 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+def _debugging(args: argparse.Namespace | None) -> bool:
+    """Whether an unexpected error shows its traceback: ``sora --debug``, or ``SORA_DEBUG`` set to 1 (or true, yes)."""
+    if args is not None and args.debug:
+        return True
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``sora`` and ``python -m sora``; returns the exit status."""
+    """Entry point of ``sora`` and ``python -m sora``; returns the exit status.
+
+    An unexpected exception (not a :class:`SoraError`) is one line and exit status 1, or, with ``sora --debug`` or
+    ``SORA_DEBUG=1``, raised again with its traceback.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = None
     try:
-        return _run(sys.argv[1:] if argv is None else argv)
+        args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+        return _run(args)
     except SoraError as e:
         print(f"sora: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sora: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # an unforeseen failure: still one line, and its kind
+    except Exception as e:  # an unforeseen failure: one line and its kind, or its traceback when debugging
+        if _debugging(args):
+            raise
+        text = str(e).strip()
         print(
-            f"sora: error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            f"sora: error: {type(e).__name__}: {text.splitlines()[0] if text else ''} "
+            f"(sora --debug or {DEBUG_ENV}=1 shows the traceback)",
             file=sys.stderr,
         )
         return 1

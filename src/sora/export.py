@@ -30,6 +30,10 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def adapter_folder(run_dir: Path) -> Path:
     """The adapter of a run folder (``RUN_DIR/adapter``), or ``run_dir`` itself when it is an adapter folder."""
+    if not run_dir.exists():
+        raise SoraError(f"{run_dir} does not exist: give a run folder or an adapter folder")
+    if not run_dir.is_dir():
+        raise SoraError(f"{run_dir} is not a folder: give a run folder or an adapter folder")
     for folder in (run_dir / "adapter", run_dir):
         if (folder / ADAPTER_CONFIG).is_file():
             return folder

@@ -6,12 +6,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from transformers.integrations import INTEGRATION_TO_CALLBACK
-
-from .budget import SparsityBudget
 from .errors import SoraError
 from .methods import get_method, names, rank_pattern_from
-from .quant import check_4bit
 
 # A budgeted run's gates start equal, so that the gradients, not the initial sizes, order them (BENCHMARKS.md)
 BUDGET_GATE_INIT = 1.0
@@ -114,6 +110,8 @@ class TrainConfig:
             raise SoraError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise SoraError("weight_decay and max_grad_norm must be >= 0")
+        from transformers.integrations import INTEGRATION_TO_CALLBACK  # here: the sora command parses without torch
+
         reporters = ("none", "all", *sorted(INTEGRATION_TO_CALLBACK))  # what the Trainer's report_to takes
         if self.report_to not in reporters:
             raise SoraError(f"unknown --report-to {self.report_to!r}; known: {', '.join(reporters)}")
@@ -125,6 +123,8 @@ class TrainConfig:
                 )
             self.gate_init = BUDGET_GATE_INIT if self.gate_init is None else self.gate_init
             self.budget_score = self.budget_score or "contribution"
+            from .budget import SparsityBudget
+
             SparsityBudget(self.target_ratio, self.target_params, score=self.budget_score)  # checks the values
         elif self.budget_score is not None:
             raise SoraError("--budget-score ranks a budget's top-up: it needs --target-ratio or --target-params")
@@ -144,6 +144,8 @@ class TrainConfig:
                 f"weights; use {', '.join(names('load_in_4bit'))}"
             )
         if self.load_in_4bit:
+            from .quant import check_4bit
+
             check_4bit(self.fsdp)
 
     @property

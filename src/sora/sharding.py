@@ -41,10 +41,11 @@ def fsdp_launched() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
 
 
-def zero3_launched() -> bool:
-    """Whether ``accelerate launch --use_deepspeed`` started this process with ZeRO stage 3 (parameter sharding)."""
+def zero_stage_launched() -> str | None:
+    """The ZeRO stage (``"2"``, ``"3"``, ...) that ``accelerate launch --use_deepspeed`` started this process with, or
+    None without DeepSpeed (or a stage it does not say)."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() not in ("1", "true", "yes"):
-        return False
+        return None
     stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     config = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if stage is None and config and config.endswith(".json") and os.path.isfile(config):
@@ -53,17 +54,23 @@ def zero3_launched() -> bool:
                 stage = str(json.load(f).get("zero_optimization", {}).get("stage"))
             except (ValueError, AttributeError):
                 stage = None
-    return stage == "3"
+    return stage
+
+
+# what goes wrong under each ZeRO stage sora train refuses (docs/distributed.md)
+_ZERO_REFUSED = {
+    "2": "the Trainer hands DeepSpeed's wrapper of SoRA's optimizer around: the log loses xi and the live ranks, and "
+    "the final scoring stops, as transformers runs ZeRO inference under stage 3 only",
+    "3": "SoRA's optimizer and gates are hidden in its partitions",
+}
 
 
 def check_fsdp(fsdp: bool, budgeted: bool) -> bool:
     """Whether a run (with a sparsity budget: ``budgeted``) shards its parameters (``fsdp``: ``--fsdp``); a setting
     it cannot run is a one-line :class:`SoraError` (the methods that shard: ``TrainConfig`` checks them)."""
-    if zero3_launched():
-        raise SoraError(
-            "DeepSpeed ZeRO-3 does not run sora train (SoRA's optimizer and gates are hidden in its partitions): "
-            "shard with --fsdp"
-        )
+    stage = zero_stage_launched()
+    if stage in _ZERO_REFUSED:
+        raise SoraError(f"DeepSpeed ZeRO-{stage} does not run sora train ({_ZERO_REFUSED[stage]}): shard with --fsdp")
     if fsdp_launched():
         raise SoraError(
             "sora train shards with its own --fsdp: launch with torchrun or accelerate launch --multi_gpu, "

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -110,6 +110,16 @@ def majority_baseline(spec: TaskSpec, train_labels: list, dev_labels: list, spli
     return compute_metrics(spec, predictions, np.asarray(dev_labels), split=split)
 
 
+def _kept(data: TaskData, sizes: dict[str, int | None], seed: int) -> TaskData:
+    """The splits named in ``sizes``, each cut to its size by :func:`~sora.data.subsample` (None: whole), to tokenize.
+
+    The seeded shuffle depends on a split's length alone, so tokenizing these rows gives what subsampling the tokenized
+    splits gave (the same rows, in the same order) without tokenizing the dropped ones: SST-2 with
+    ``--max-train-samples 4000`` tokenizes 4,000 rows, not 67,349.
+    """
+    return TaskData(data.spec, DatasetDict({name: subsample(data.splits[name], n, seed) for name, n in sizes.items()}))
+
+
 def load_inputs(cfg: TrainConfig) -> tuple[TaskData, Any, Dataset, dict[str, Dataset]]:
     """The task, the tokenizer, the tokenized training set and dev splits of ``cfg`` (capped by its max_*_samples)."""
     data = load_task(
@@ -125,10 +135,9 @@ def load_inputs(cfg: TrainConfig) -> tuple[TaskData, Any, Dataset, dict[str, Dat
         validation_split=cfg.validation_split,
     )
     tokenizer = load_tokenizer(cfg.model)
-    encoded = tokenize(data, tokenizer, cfg.max_seq_length)
-    train_set = subsample(encoded["train"], cfg.max_train_samples, cfg.seed)
-    dev = {split: subsample(encoded[split], cfg.max_eval_samples, cfg.seed) for split in data.validation_splits}
-    return data, tokenizer, train_set, dev
+    sizes = {"train": cfg.max_train_samples, **dict.fromkeys(data.validation_splits, cfg.max_eval_samples)}
+    encoded = tokenize(_kept(data, sizes, cfg.seed), tokenizer, cfg.max_seq_length)
+    return data, tokenizer, encoded["train"], {split: encoded[split] for split in data.validation_splits}
 
 
 def load(cfg: TrainConfig) -> LoadedTask:
@@ -207,11 +216,11 @@ def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
             raise SoraError(f"{adapter} was trained on GLUE task {spec.name!r}: --dataset is for custom-task adapters")
         else:
             data = load_task(spec.name, options.data_dir)
-    encoded = tokenize(data, tokenizer, info["max_seq_length"])
+    kept = _kept(data, dict.fromkeys(data.validation_splits, options.max_eval_samples), options.seed)
+    encoded = tokenize(kept, tokenizer, info["max_seq_length"])
     scores: dict[str, float] = {}
     for name in data.validation_splits:
-        dataset = subsample(encoded[name], options.max_eval_samples, options.seed)
-        scores.update(score(model, tokenizer, spec, dataset, name, options.batch_size))
+        scores.update(score(model, tokenizer, spec, encoded[name], name, options.batch_size))
     return scores
 
 
