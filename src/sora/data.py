@@ -14,7 +14,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -363,17 +363,25 @@ def _read_file(
     path: Path, text_columns: tuple[str, ...], label_column: str, columns: tuple[str, ...] | None = None
 ) -> tuple[dict[str, list[str]], list[tuple[int, str]]]:
     """Texts keyed ``text_a``/``text_b`` and (line, raw label string) pairs of one data file."""
+    return _texts_and_labels(path, records(path, columns), text_columns, label_column)
+
+
+def _texts_and_labels(
+    where: str | Path, rows: Iterable[tuple[int, dict[str, Any]]], text_columns: tuple[str, ...], label_column: str
+) -> tuple[dict[str, list[str]], list[tuple[int, str]]]:
+    """Texts keyed ``text_a``/``text_b`` and (position, raw label string) pairs of ``rows`` ((position, record)
+    pairs read from ``where``): every cell present, every label non-empty, at least one row."""
     texts: dict[str, list[str]] = {key: [] for key in _TEXT_KEYS[: len(text_columns)]}
     labels = []
-    for line_num, record in records(path, columns):
-        cells = [_cell(path, line_num, record, column) for column in (*text_columns, label_column)]
+    for position, record in rows:
+        cells = [_cell(where, position, record, column) for column in (*text_columns, label_column)]
         if not cells[-1].strip():
-            raise SoraError(f"{path}:{line_num}: empty label in column {label_column!r}")
+            raise SoraError(f"{where}:{position}: empty label in column {label_column!r}")
         for key, cell in zip(texts, cells, strict=False):
             texts[key].append(cell)
-        labels.append((line_num, cells[-1]))
+        labels.append((position, cells[-1]))
     if not labels:
-        raise SoraError(f"{path}: no data rows")
+        raise SoraError(f"{where}: no data rows")
     return texts, labels
 
 
@@ -392,24 +400,18 @@ def _read_dataset(
         )
     feature = dataset.features[label_column]
     dataset = dataset.select_columns(list(dict.fromkeys(wanted)))
-    texts: dict[str, list[str]] = {key: [] for key in _TEXT_KEYS[: len(text_columns)]}
-    labels = []
-    for i, record in enumerate(dataset):
-        if isinstance(feature, ClassLabel) and isinstance(record[label_column], int):
-            if 0 <= record[label_column] < feature.num_classes:
-                record[label_column] = feature.int2str(record[label_column])  # the class's name
-        empty = [column for column in wanted if record[column] is None]
-        if empty:
-            raise SoraError(f"{where}:{i}: column {empty[0]!r} is empty (null)")
-        cells = [_cell(where, i, record, column) for column in wanted]
-        if not cells[-1].strip():
-            raise SoraError(f"{where}:{i}: empty label in column {label_column!r}")
-        for key, cell in zip(texts, cells, strict=False):
-            texts[key].append(cell)
-        labels.append((i, cells[-1]))
-    if not labels:
-        raise SoraError(f"{where}: no data rows")
-    return texts, labels
+
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        for i, record in enumerate(dataset):
+            if isinstance(feature, ClassLabel) and isinstance(record[label_column], int):
+                if 0 <= record[label_column] < feature.num_classes:
+                    record[label_column] = feature.int2str(record[label_column])  # the class's name
+            empty = [column for column in wanted if record[column] is None]
+            if empty:
+                raise SoraError(f"{where}:{i}: column {empty[0]!r} is empty (null)")
+            yield i, record
+
+    return _texts_and_labels(where, rows(), text_columns, label_column)
 
 
 def _cell(path: str | Path, line_num: int, record: dict[str, Any], column: str) -> str:
