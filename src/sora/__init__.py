@@ -9,7 +9,7 @@ from .errors import SoraError
 from .layer import soft_threshold
 from .model import count_parameters, gate_ranks, get_sora_model, load_sora, save_sora
 from .optim import SoraOptimizer
-from .prune import merge, prune
+from .prune import merge, prune, save_pruned
 from .trainer import BudgetCallback
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "load_sora",
     "merge",
     "prune",
+    "save_pruned",
     "save_sora",
     "soft_threshold",
 ]
