@@ -8,13 +8,10 @@ from typing import Any
 
 from transformers.integrations import INTEGRATION_TO_CALLBACK
 
-from .budget import SparsityBudget
+from .budget import BUDGET_GATE_INIT, SparsityBudget
 from .errors import SoraError
 from .methods import get_method, names, rank_pattern_from
 from .quant import check_4bit
-
-# A budgeted run's gates start equal, so that the gradients, not the initial sizes, order them (BENCHMARKS.md)
-BUDGET_GATE_INIT = 1.0
 
 
 @dataclass
