@@ -4,22 +4,24 @@ from . import quant as quant  # first: it holds back bitsandbytes' import-time w
 
 # isort: split
 from .budget import SparsityBudget, budget_step
+from .callback import BudgetCallback, SoraCallback, create_sora_optimizer
 from .config import SoraConfig
 from .errors import SoraError
 from .layer import soft_threshold
 from .model import count_parameters, gate_ranks, get_sora_model, load_sora, save_sora
 from .optim import SoraOptimizer
 from .prune import merge, prune, save_pruned
-from .trainer import BudgetCallback
 
 __all__ = [
     "BudgetCallback",
+    "SoraCallback",
     "SoraConfig",
     "SoraError",
     "SoraOptimizer",
     "SparsityBudget",
     "budget_step",
     "count_parameters",
+    "create_sora_optimizer",
     "gate_ranks",
     "get_sora_model",
     "load_sora",
@@ -30,3 +32,4 @@ __all__ = [
     "soft_threshold",
 ]
 __version__ = "0.1.0"
+
