@@ -180,7 +180,7 @@ def _peft_config_with_the_base(model, tmp_path):
 @pytest.mark.parametrize(
     "build, message",
     [
-        (_adamw_trainer, "the Trainer's optimizer is a AdamW, which trains SoRA's gates without the proximal step"),
+        (_adamw_trainer, "the Trainer's optimizer (AdamW) is not a sora.SoraOptimizer: it would train SoRA's gates"),
         (_other_models_optimizer, "the SoRA optimizer holds none of the gates of the model the Trainer trains"),
         (_peft_config_with_the_base, "the Trainer trains a model wrapped around the SoRA model (a peft_config"),
     ],

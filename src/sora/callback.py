@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
 
 from .bank import gate_parameters
@@ -75,7 +75,15 @@ class SoraCallback(TrainerCallback):
         self.budget = budget
         self.save_pruned_to = save_pruned_to
 
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
         sora_optimizer = _checked_optimizer(model, optimizer)
         group = sora_optimizer.gate_group
         if self.budget is not None and "budget_target" not in group:  # a resumed run's optimizer holds it already
@@ -89,7 +97,14 @@ class SoraCallback(TrainerCallback):
             group["budget_total_steps"] = state.max_steps
         _run_first(self)
 
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+    def on_optimizer_step(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         gates = gate_parameters(model)
         finite = bool(torch.isfinite(gate_vector(gates, gathered=False)).all())
         if any_everywhere(not finite, gates):
@@ -98,10 +113,27 @@ class SoraCallback(TrainerCallback):
                 f"{last_checkpoint_text(args.output_dir)}"
             )
 
-    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
         budget_step(optimizer, model)
 
-    def on_log(self, args, state, control, logs=None, model=None, optimizer=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        model: torch.nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
         if logs is None or "loss" not in logs:  # evaluation rows and the run's summary row
             return
         sora_optimizer = as_sora_optimizer(optimizer)
@@ -116,7 +148,14 @@ class SoraCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(numbers)  # the Trainer stored a copy of the row before calling on_log
 
-    def on_train_end(self, args, state, control, model=None, **kwargs):
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self.save_pruned_to is not None and state.is_world_process_zero:
             save_pruned(model, self.save_pruned_to)
 
@@ -135,10 +174,10 @@ def _checked_optimizer(model: torch.nn.Module, optimizer: Any) -> SoraOptimizer:
         raise SoraError("the Trainer's model has no SoRA gates: build it with sora.get_sora_model")
     sora_optimizer = as_sora_optimizer(optimizer)
     if sora_optimizer is None:
+        name = type(getattr(optimizer, "optimizer", optimizer)).__name__  # unwrapped from accelerate's wrapper
         raise SoraError(
-            f"the Trainer's optimizer is a {type(getattr(optimizer, 'optimizer', optimizer)).__name__}, which trains "
-            f"SoRA's gates without the proximal step that zeroes them: pass "
-            f"optimizers=(sora.create_sora_optimizer(model, args), None)"
+            f"the Trainer's optimizer ({name}) is not a sora.SoraOptimizer: it would train SoRA's gates without the "
+            f"proximal step that zeroes them; pass optimizers=(sora.create_sora_optimizer(model, args), None)"
         )
     if not {id(p) for p in gate_parameters(model)} & {id(p) for p in sora_optimizer.gate_group["params"]}:
         raise SoraError(
