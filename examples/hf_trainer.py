@@ -1,6 +1,6 @@
 """SoRA in transformers' Trainer: sentiment classification on the embedded MiniLM-L6 (no download) at SoRA's own
-defaults (no budget: the proximal step with xi = 0.5 decides what is pruned), the pruned adapter saved when training
-ends and reloaded in plain PEFT with the same outputs.
+defaults (no budget: the proximal step with xi = 0.5 prunes the ranks whose gradients do not hold them, none yet in
+these few steps), the pruned adapter saved when training ends and reloaded in plain PEFT with the same outputs.
 
     python examples/hf_trainer.py OUTPUT_DIR [--steps N]
 """
