@@ -128,15 +128,15 @@ def gpt2(seed: int = 0):
 
 
 def _decoder(config_class, model_class, seed: int, **overrides):
-    """A tiny random decoder of the LLaMA layout (grouped-query attention, gated MLP)."""
+    """A tiny random decoder of the LLaMA layout (grouped-query attention, gated MLP); ``overrides``: config fields."""
     torch.manual_seed(seed)
     sizes = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
     heads = {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
-    return model_class(config_class(**sizes, **heads, **overrides)).eval()
+    return model_class(config_class(**{**sizes, **heads, **overrides})).eval()
 
 
-def llama(seed: int = 0, initializer_range: float = 0.02):
-    return _decoder(LlamaConfig, LlamaForCausalLM, seed, initializer_range=initializer_range)
+def llama(seed: int = 0, initializer_range: float = 0.02, **overrides):
+    return _decoder(LlamaConfig, LlamaForCausalLM, seed, initializer_range=initializer_range, **overrides)
 
 
 def qwen2(seed: int = 0):

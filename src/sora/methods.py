@@ -38,7 +38,7 @@ class Method:
     decoders: bool = True  # trains the causal-LM family's decoders
     rank_pattern: bool = False  # takes another run's per-module ranks (--rank-pattern-from)
     keeps_best: bool = True  # may keep the best dev checkpoint (False: the final model is kept)
-    gated: bool = False  # its adapter has gates, whose live ranks the run's summary reports
+    gated: bool = False  # its adapter has SoRA gates: a run adds sora.SoraCallback, its summary reports live ranks
 
     def build(
         self,
@@ -110,7 +110,8 @@ class _LoraRanks(Method):
 
 
 class Sora(_LoraRanks):
-    """SoRA: LoRA of rank r_max with a gate per module, trained by :class:`sora.SoraOptimizer`; pruned at the end."""
+    """SoRA: LoRA of rank r_max with a gate per module, trained by :class:`sora.SoraOptimizer`; pruned at the end.
+    Its gate checks, budget steps and log numbers come from :class:`sora.SoraCallback`, as every ``gated`` method's."""
 
     name = "sora"
     default_lr = 1e-3
@@ -144,18 +145,6 @@ class Sora(_LoraRanks):
             budget = SparsityBudget(cfg.target_ratio, cfg.target_params, score=cfg.budget_score)
             budget.attach(model, optimizer, total_steps)
         return model, optimizer
-
-    def on_optimizer_step(self, model, step):
-        import torch
-
-        from .bank import gate_parameters
-        from .modules import gate_vector
-        from .sharding import any_everywhere
-
-        params = gate_parameters(model)
-        finite = bool(torch.isfinite(gate_vector(params, gathered=False)).all())
-        if any_everywhere(not finite, params):
-            raise SoraError(f"a SoRA gate became NaN/Inf at step {step}: training stopped")
 
     def finish(self, model):
         from .prune import prune

@@ -44,7 +44,7 @@ def get_sora_model(model: nn.Module, config: SoraConfig) -> PeftModel:
         ) from None
     generator = None if config.gate_seed is None else torch.Generator().manual_seed(config.gate_seed)
     for module in lora_modules(peft_model):
-        add_gate(module.lora_a, module.lora_b, config.gate_init, generator)
+        add_gate(module.lora_a, module.lora_b, "randn" if config.gate_init is None else config.gate_init, generator)
     attach_bank(peft_model, peft_model.get_base_model())
     peft_model.sora_config = config
     return peft_model

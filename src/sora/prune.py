@@ -11,14 +11,20 @@ whose gate is all zero keeps no adapter at all.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
+from safetensors.torch import save_file
 
+from ._io import atomic_write
 from .bank import detach_bank
 from .errors import SoraError
 from .model import quiet_peft
 from .modules import gated_modules
+
+_GATED_KEYS = ("lora_A.weight", "lora_A.sora_gate", "lora_B.weight")  # a SoRA module's keys in PEFT's state dict
 
 
 def _pattern(name: str) -> str:
@@ -43,23 +49,30 @@ def pruned_config(model: PeftModel, ranks: dict[str, int]) -> LoraConfig:
     )
 
 
+def _pruned_factors(model: PeftModel, caller: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module name -> ``(A', B')`` of every module that keeps a rank (the module docstring's formula)."""
+    if not hasattr(model, "sora_config"):
+        raise SoraError(f"{caller}() needs a SoRA model from sora.get_sora_model")
+    pruned: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for module in gated_modules(model):
+        gate, b = module.gate.detach(), module.lora_b.weight.detach()
+        live = gate != 0
+        if live.any():
+            pruned[module.name] = (module.lora_a.weight.detach()[live].clone(), b[:, live] * gate[live].to(b.dtype))
+    if not pruned:
+        raise SoraError("every gate is zero: no LoRA module survives pruning (lower xi)")
+    return pruned
+
+
 @torch.no_grad()
 def prune(model: PeftModel) -> PeftModel:
     """Delete the dead ranks of every SoRA module and fold the gate into B; returns a plain PEFT LoRA model.
 
-    The SoRA model is consumed (its base model is reused); ``copy.deepcopy`` it first to keep training it. Outputs
-    before and after agree to float rounding. ``save_pretrained`` on the result writes a standard LoRA adapter.
+    The SoRA model is consumed (its base model is reused); :func:`save_pruned` writes the same adapter and leaves the
+    model as it is. Outputs before and after agree to float rounding. ``save_pretrained`` on the result writes a
+    standard LoRA adapter.
     """
-    if not hasattr(model, "sora_config"):
-        raise SoraError("prune() needs a SoRA model from sora.get_sora_model")
-    pruned: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for module in gated_modules(model):
-        gate, b = module.gate.detach(), module.lora_b.weight
-        live = gate != 0
-        if live.any():
-            pruned[module.name] = (module.lora_a.weight[live].clone(), b[:, live] * gate[live].to(b.dtype))
-    if not pruned:
-        raise SoraError("every gate is zero: no LoRA module survives pruning (lower xi)")
+    pruned = _pruned_factors(model, "prune")
     config = pruned_config(model, {n: a.shape[0] for n, (a, _) in pruned.items()})
     detach_bank(model.get_base_model())
     base = model.unload()
@@ -72,6 +85,26 @@ def prune(model: PeftModel) -> PeftModel:
         layer.lora_A[adapter].weight.copy_(a)
         layer.lora_B[adapter].weight.copy_(b)
     return result
+
+
+def save_pruned(model: PeftModel, directory: str | Path) -> Path:
+    """Write the adapter that ``prune(model).save_pretrained(directory)`` writes (``adapter_config.json`` and
+    ``adapter_model.safetensors``, a standard LoRA adapter for ``PeftModel.from_pretrained``) without consuming
+    ``model``, which can go on training; nothing is copied but the adapter's tensors. Returns ``directory``."""
+    pruned = _pruned_factors(model, "save_pruned")
+    config = pruned_config(model, {n: a.shape[0] for n, (a, _) in pruned.items()})
+    dense = model.peft_config[model.active_adapter]
+    config.base_model_name_or_path, config.inference_mode = dense.base_model_name_or_path, True
+    prefix = "base_model.model."  # PEFT's keys: the module's name in the PeftModel, without the adapter's
+    gated = {f"{prefix}{m.name}.{part}" for m in gated_modules(model) for part in _GATED_KEYS}
+    tensors = {k: v for k, v in get_peft_model_state_dict(model).items() if k not in gated}
+    for name, (a, b) in pruned.items():
+        tensors[f"{prefix}{name}.lora_A.weight"], tensors[f"{prefix}{name}.lora_B.weight"] = a, b
+    directory = Path(directory)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(directory / SAFETENSORS_WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    config.save_pretrained(str(directory))
+    return directory
 
 
 def merge(model: PeftModel) -> torch.nn.Module:

@@ -9,9 +9,6 @@ from typing import Any
 from .errors import SoraError
 from .methods import get_method, names, rank_pattern_from
 
-# A budgeted run's gates start equal, so that the gradients, not the initial sizes, order them (BENCHMARKS.md)
-BUDGET_GATE_INIT = 1.0
-
 
 @dataclass
 class TrainConfig:
@@ -121,10 +118,10 @@ class TrainConfig:
                     f"--target-ratio / --target-params are for --method {' or '.join(names('budget'))}, "
                     f"not {self.method!r}"
                 )
+            from .budget import BUDGET_GATE_INIT, SparsityBudget
+
             self.gate_init = BUDGET_GATE_INIT if self.gate_init is None else self.gate_init
             self.budget_score = self.budget_score or "contribution"
-            from .budget import SparsityBudget
-
             SparsityBudget(self.target_ratio, self.target_params, score=self.budget_score)  # checks the values
         elif self.budget_score is not None:
             raise SoraError("--budget-score ranks a budget's top-up: it needs --target-ratio or --target-params")

@@ -39,6 +39,7 @@ from transformers import DataCollatorWithPadding, get_constant_schedule_with_war
 from . import _io
 from .analysis import plot_schedule_curves, read_train_log
 from .budget import SparsityBudget
+from .callback import SoraCallback
 from .data import subsample
 from .errors import SoraError
 from .methods import get_method, names
@@ -50,7 +51,7 @@ from .run_folder import RUN_MARKER, eval_batch_size, export, prepare_output
 from .sharding import fsdp_launched
 from .tasks import classification, task_family
 from .train import with_default_model
-from .trainer import BudgetCallback, SoraTrainer, StepHooks, training_args
+from .trainer import SoraTrainer, StepHooks, training_args
 
 SCHEDULE_FILE = "schedule.json"
 
@@ -204,7 +205,7 @@ def run_schedule(
             data_collator=DataCollatorWithPadding(tokenizer),
             processing_class=tokenizer,
             optimizers=(optimizer, scheduler),
-            callbacks=[StepHooks(model, method), BudgetCallback()],
+            callbacks=[StepHooks(model, method), SoraCallback()],
         )
         started = time.perf_counter()
         trainer.train()

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 from . import _io
 from .allocation import gate_vectors, init_overlap
 from .budget import budget_target
+from .callback import SoraCallback
 from .errors import SoraError
 from .methods import get_method
 from .run_config import TrainConfig
@@ -39,7 +40,7 @@ from .run_folder import (
 )
 from .sharding import check_fsdp, unshard_adapter
 from .tasks import EvalOptions, task_family
-from .trainer import BudgetCallback, SoraTrainer, StepHooks, training_args
+from .trainer import SoraTrainer, StepHooks, training_args
 
 GATES_FILE = "gates.safetensors"
 __all__ = ["TrainConfig", "evaluate_adapter", "summary_line", "train", "with_default_model"]
@@ -94,7 +95,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
         processing_class=tokenizer,
         compute_metrics=family.trainer_metrics(data.spec, main_split),
         optimizers=(optimizer, None),
-        callbacks=[hooks, BudgetCallback(), *(callbacks or [])],
+        callbacks=[hooks, *([SoraCallback()] if method.gated else []), *(callbacks or [])],
     )
     if sharded:
         trainer.shard()

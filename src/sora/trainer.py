@@ -1,6 +1,7 @@
-"""SoRA and its baselines on transformers' Trainer: the Trainer with SoRA's numbers in its logs (``SoraTrainer``),
-the callbacks that drive a sparsity budget (``BudgetCallback``) and a method's step hook (``StepHooks``), and the
-Trainer's arguments of a run. What differs per method comes from its :class:`sora.methods.Method`."""
+"""SoRA and its baselines on transformers' Trainer: the Trainer of a run (``SoraTrainer``: sharded checkpoints, the
+stop on a non-finite loss), the callback of a method's step hook (``StepHooks``), and the Trainer's arguments of a
+run. What differs per method comes from its :class:`sora.methods.Method`; what SoRA needs in any Trainer (its
+budget, gate checks and log numbers) from :class:`sora.SoraCallback`."""
 
 from __future__ import annotations
 
@@ -12,18 +13,16 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .budget import budget_log, budget_step
 from .errors import SoraError
 from .methods import Method, get_method
-from .model import count_parameters, load_safetensors
-from .optim import as_sora_optimizer
+from .model import load_safetensors
 from .run_config import TrainConfig
 from .run_folder import eval_batch_size, last_checkpoint_text
 from .sharding import gathered_optimizer_state, gathered_state, shard_model, shard_optimizer_state
 
 
 class SoraTrainer(Trainer):
-    """The Trainer with SoRA's numbers in every log line and a stop on a non-finite loss.
+    """The Trainer of a run: a stop on a non-finite loss, and checkpoints of sharded parameters.
 
     :meth:`shard` shards the model's parameters (FSDP2, :mod:`sora.sharding`). Its checkpoints then hold what a
     one-process run's hold, gathered on rank 0: the adapter (``adapter_model.safetensors``) and the whole optimizer
@@ -80,16 +79,6 @@ class SoraTrainer(Trainer):
         self.optimizer.load_state_dict(shard_optimizer_state(self.optimizer, state))
         self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True))
 
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        optimizer = as_sora_optimizer(self.optimizer)
-        if optimizer is not None and "loss" in logs:
-            counts = count_parameters(self.model)  # every count from one read of the gates
-            logs["xi"] = optimizer.xi
-            logs["live_ranks"] = counts["live_ranks"]
-            logs["nonzero_params"] = counts["nonzero"]
-            logs.update(budget_log(optimizer))
-        super().log(logs, *args, **kwargs)
-
     def training_step(self, model, inputs, *args: Any, **kwargs: Any) -> torch.Tensor:
         loss = super().training_step(model, inputs, *args, **kwargs)
         if not torch.isfinite(loss).all():
@@ -102,7 +91,7 @@ class SoraTrainer(Trainer):
 
 class StepHooks(TrainerCallback):
     """Times the training steps alone (no evaluation, no saving) and runs the method's hook after each optimizer
-    step (SoRA checks its gates, AdaLoRA reallocates its ranks)."""
+    step (AdaLoRA reallocates its ranks)."""
 
     def __init__(self, model: torch.nn.Module, method: Method) -> None:
         self.model, self.method = model, method
@@ -120,22 +109,6 @@ class StepHooks(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step_seconds += time.perf_counter() - self._start
-
-
-class BudgetCallback(TrainerCallback):
-    """Drives the budget attached to a :class:`sora.SoraOptimizer` from ``transformers.Trainer``: the run length is
-    the Trainer's ``max_steps``, and :func:`sora.budget_step` runs at every step end (after the LR scheduler's step,
-    before the checkpoint of that step is saved, so a checkpoint holds the state its step left)."""
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        optimizer = as_sora_optimizer(kwargs.get("optimizer"))
-        if optimizer is not None and "budget_target" in optimizer.gate_group:
-            optimizer.gate_group["budget_total_steps"] = state.max_steps  # after a resume: the same value
-
-    def on_step_end(self, args, state, control, **kwargs):
-        optimizer = as_sora_optimizer(kwargs.get("optimizer"))
-        if optimizer is not None:
-            budget_step(optimizer, kwargs.get("model"))
 
 
 def training_args(
