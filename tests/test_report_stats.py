@@ -210,7 +210,8 @@ def test_front_pairs_each_schedule_stage_with_lora_of_its_size(tmp_path):
             for t in glue.FRONT_TARGETS
         ]  # fmt: skip
         name = glue.run_name("sst2", front.SCHEDULE, glue.RANK, seed)
-        schedules[name] = {"task": "sst2", "primary_metric": "m", "stages": stages, "command": "sora schedule ..."}
+        schedules[name] = {"task": "sst2", "primary_metric": "m", "stages": stages, "epochs_per_stage": 1.0,
+                           "command": "sora schedule ..."}  # fmt: skip
     text, verdicts = front.front_section(runs, schedules, tmp_path, figures=tmp_path)
     assert (tmp_path / "front_sst2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert verdicts == [
@@ -219,4 +220,4 @@ def test_front_pairs_each_schedule_stage_with_lora_of_its_size(tmp_path):
     ]
     row = next(line for line in text.splitlines() if line.startswith("| 25% (LoRA r=2)"))
     assert row.replace(" ", "").split("|")[2:5] == ["82.9K", "83.0,83.1,83.2", "88.0,88.1,88.2"], row
-    assert "step time only: 0.50, 0.50, 0.50 (per seed)" in text  # 4 stages x 150 s against 4 runs x 3 x 100 s
+    assert "4 epochs against 12 (0.33 of the optimizer steps); measured step time 0.50, 0.50, 0.50" in text

@@ -142,11 +142,13 @@ def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FI
             )
             if gaps:
                 reach.append((f"{100 * ratio:g}%", gap_word(gaps), statistics.fmean(gaps), len(gaps)))
-        time_ratios = []
+        time_ratios, epochs = [], set()
         for seed, s in mine.items():
             sweep = [runs.get(glue.run_name(task, "lora", r, seed)) for r in LORA_SWEEP]
             if len(s["stages"]) == len(glue.FRONT_TARGETS) and all(sweep):
                 time_ratios.append(sum(row["seconds"] for row in s["stages"]) / sum(map(_seconds, sweep)))
+                mine_epochs = len(s["stages"]) * s["epochs_per_stage"]
+                epochs.add((mine_epochs, sum(x["hyperparameters"]["epochs"] for x in sweep)))
         block = (
             f"**{TASK_NAMES[task]}** (seeds {', '.join(map(str, sorted(mine)))}; `{first['command']}`)"
             "\n\n"
@@ -155,8 +157,10 @@ def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FI
         )
         if time_ratios:
             block += (
-                f"\n\nTraining time of the schedule against the four LoRA runs (r = 1, 2, 4, 8) it replaces, step "
-                f"time only: {', '.join(f'{t:.2f}' for t in time_ratios)} (per seed)."
+                "\n\nTraining cost of the schedule against the four LoRA runs (r = 1, 2, 4, 8) it replaces: "
+                + ", ".join(f"{a:g} epochs against {b:g} ({a / b:.2f} of the optimizer steps)" for a, b in epochs)
+                + f"; measured step time {', '.join(f'{t:.2f}' for t in time_ratios)} (per seed; shared machine, the "
+                "runs measured at different times and loads)."
             )
         blocks.append(block)
         words = "; ".join(
