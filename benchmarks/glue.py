@@ -170,6 +170,13 @@ FRONT_GROUPS = (
         ("sora-budget12-const-contribution", RANK, {**LEARNED, "target_ratio": 0.125}),
     ),
 )  # fmt: skip
+# Allocation apart from training: LoRA with the per-module ranks another run found (`--rank-pattern-from` its result
+# file), at 50% and LoRA r=4's scale (lora_alpha / 4 in every module): SoRA's learned allocation (the Equal-budget run
+# of the same seed) and EVA's (r=4). (label, rank, (experiment, source label, source rank))
+FRONT_PATTERNS = (
+    ("lora-ranks-sora50", 4, ("equal", "sora-budget50-const-contribution", RANK)),
+    ("lora-ranks-eva4", 4, ("front", "eva", 4)),
+)
 # Learning-rate searches at `sora train`'s defaults otherwise (seed 0): full fine-tuning on the tasks whose bar an
 # adapter may not reach on this backbone (where it cannot clear a bar either, the bar is set from it), and AdaLoRA,
 # whose adapters start at zero singular values and learn slowly in 3 epochs (its paper: up to 30 epochs on MRPC).
@@ -568,26 +575,36 @@ class Runner(runner.Runner):
 
     def front(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
         """The front: per seed and task, one ``sora schedule --target-list`` run (``FRONT_SCHEDULE``), then the
-        ``FRONT_GROUPS`` runs at the Defaults recipe; the schedule's steps and seconds are in its result."""
+        ``FRONT_GROUPS`` runs at the Defaults recipe (the schedule's steps and seconds are in its result), then the
+        ``FRONT_PATTERNS`` runs once their source runs exist."""
         complete = True
+        cells = [(seed, task) for seed in seeds for task in FRONT_TASKS if not tasks or task in tasks]
         for group_index, group in enumerate(FRONT_GROUPS):
-            for seed in seeds:
-                for task in FRONT_TASKS:
-                    if tasks and task not in tasks:
-                        continue
-                    samples = DEFAULTS_SAMPLES[task]
-                    if group_index == 0:
-                        targets = list(FRONT_SCHEDULE["targets"])
-                        settings = {"task": task, "seed": seed, "max_train_samples": samples,
-                                    **FRONT_SCHEDULE["settings"]}  # fmt: skip
-                        options = " --target-list " + ",".join(f"{t:g}" for t in targets)
-                        complete &= self.schedule_run(
-                            "front", run_name(task, "sora-schedule", RANK, seed), settings, [0.5] * len(targets),
-                            FRONT_SCHEDULE["epochs_per_stage"], options, {}, targets=targets,
-                        )  # fmt: skip
-                    for label, r, extra in group:
-                        got = self.run("front", task, label, seed, r=r, common={}, max_train_samples=samples, **extra)
-                        complete &= got is not None
+            for seed, task in cells:
+                samples = DEFAULTS_SAMPLES[task]
+                if group_index == 0:
+                    targets = list(FRONT_SCHEDULE["targets"])
+                    settings = {"task": task, "seed": seed, "max_train_samples": samples,
+                                **FRONT_SCHEDULE["settings"]}  # fmt: skip
+                    options = " --target-list " + ",".join(f"{t:g}" for t in targets)
+                    complete &= self.schedule_run(
+                        "front", run_name(task, "sora-schedule", RANK, seed), settings, [0.5] * len(targets),
+                        FRONT_SCHEDULE["epochs_per_stage"], options, {}, targets=targets,
+                    )  # fmt: skip
+                for label, r, extra in group:
+                    got = self.run("front", task, label, seed, r=r, common={}, max_train_samples=samples, **extra)
+                    complete &= got is not None
+        for seed, task in cells:
+            for label, r, (experiment, source, source_r) in FRONT_PATTERNS:
+                found = result_path(experiment, run_name(task, source, source_r, seed))
+                if not found.is_file():  # its source has not run yet
+                    complete = False
+                    continue
+                got = self.run(
+                    "front", task, label, seed, r=r, common={}, max_train_samples=DEFAULTS_SAMPLES[task],
+                    rank_pattern_from=str(found),
+                )  # fmt: skip
+                complete &= got is not None
         return complete
 
 

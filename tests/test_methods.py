@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from sora import SoraError
 from sora.cli import main
 from sora.data import TASKS
-from sora.methods import METHODS, Method, get_method, names, register_method
+from sora.methods import METHODS, Method, get_method, names, rank_pattern_from, register_method
 from sora.run_config import TrainConfig
 from sora.tasks.classification import load_classifier
 from sora.train import evaluate_adapter
@@ -127,6 +127,9 @@ def test_lora_trains_exactly_the_ranks_of_a_sora_run(tmp_path, glue_dir):
     config = json.loads((lora / "adapter" / "adapter_config.json").read_text())
     scales = {config["alpha_pattern"][k] / r for k, r in config["rank_pattern"].items()}
     assert scales == {16 / 4}  # every module at the scale lora_alpha / r, as the SoRA run's pruned adapter
+    # the run's metrics.json (a benchmark's result file has its ranks too) gives the same pattern
+    from_json = rank_pattern_from(str(tmp_path / "sora" / "metrics.json"), 4, 16)
+    assert from_json == rank_pattern_from(str(tmp_path / "sora"), 4, 16)
 
 
 @pytest.mark.parametrize(

@@ -178,8 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--rank-pattern-from",
         default=None,
-        metavar="RUN_DIR",
-        help="LoRA: train the per-module ranks that run found (its ranks.json), at the scale lora_alpha / r",
+        metavar="RUN",
+        help="LoRA: train the per-module ranks a run found (its folder's ranks.json, or its metrics.json), at the "
+        "scale lora_alpha / r",
     )
     train.add_argument(
         "--budget-score",

@@ -172,15 +172,18 @@ class Lora(_LoraRanks):
             return get_peft_model(model, LoraConfig(r=cfg.r, **options)), None
 
 
-def rank_pattern_from(run_dir: str, r: int, lora_alpha: float) -> dict[str, Any]:
-    """LoraConfig options for the per-module ranks of the run in ``run_dir`` (its ``ranks.json``, as ``sora train``
-    writes it): the modules it kept as targets, their ranks as ``rank_pattern``, and an ``alpha_pattern`` that keeps
-    every module's scale at ``lora_alpha / r`` (a SoRA run's pruned adapter: ``lora_alpha / r_max``)."""
-    path = Path(run_dir) / "ranks.json"
+def rank_pattern_from(run: str, r: int, lora_alpha: float) -> dict[str, Any]:
+    """LoraConfig options for the per-module ranks of a run: ``run`` is its folder (its ``ranks.json``, as ``sora
+    train`` writes it) or a JSON file with its ``ranks`` (its ``metrics.json``, a benchmark's result file). The
+    modules it kept become the targets, their ranks the ``rank_pattern``, and an ``alpha_pattern`` keeps every
+    module's scale at ``lora_alpha / r`` (a SoRA run's pruned adapter: ``lora_alpha / r_max``)."""
+    path = Path(run) if Path(run).is_file() else Path(run) / "ranks.json"
     try:
         ranks = json.loads(path.read_text(encoding="utf-8"))["ranks"]
     except FileNotFoundError:
-        raise SoraError(f"--rank-pattern-from {run_dir}: no ranks.json there (a sora train run folder)") from None
+        raise SoraError(
+            f"--rank-pattern-from {run}: no ranks.json there (a sora train run folder, or a JSON file of its ranks)"
+        ) from None
     except (ValueError, KeyError, TypeError) as e:
         raise SoraError(f"{path}: not a sora train ranks file ({e})") from None
     live = {name: rank for name, rank in ranks.items() if rank > 0}
