@@ -106,7 +106,6 @@ def run_schedule(
     epochs_per_stage: float,
     resume: bool = False,
     targets: list[float] | None = None,
-    budget_score: str = "contribution",
 ) -> list[dict[str, Any]]:
     """Algorithm 1: train SoRA for ``epochs_per_stage`` epochs at each xi in turn; returns ``schedule.json``'s rows.
 
@@ -131,8 +130,8 @@ def run_schedule(
     Budgets instead of xis: with ``targets`` (one fraction of the r_max adapter per stage, as many as ``xis``), each
     stage attaches a :class:`~sora.budget.SparsityBudget` that steers xi from the stage's start count to its target
     by the stage's end; the row's ``xi`` is then the controller's xi at the stage's end and ``target_params`` the
-    stage's target. Its top-up ranks by ``budget_score`` (``sora train --target-ratio``'s default, "contribution";
-    the paper's is "gate"), and ``sora schedule --target-list`` starts the gates at 1.0 as ``sora train`` does.
+    stage's target. Its top-up ranks by the budget's default score (contribution, as ``sora train --target-ratio``),
+    and ``sora schedule --target-list`` starts the gates at 1.0 as ``sora train`` does.
     """
     method = get_method(cfg.method)
     if not method.schedule:
@@ -147,7 +146,7 @@ def run_schedule(
         if len(targets) != len(xis):
             raise SoraError(f"a budget schedule needs one target per stage: {len(targets)} targets, {len(xis)} stages")
         for target in targets:
-            SparsityBudget(target_ratio=target, score=budget_score)  # checks the values
+            SparsityBudget(target_ratio=target)  # checks the value
     if not (isinstance(epochs_per_stage, int | float) and math.isfinite(epochs_per_stage) and epochs_per_stage > 0):
         raise SoraError(f"epochs_per_stage must be > 0, got {epochs_per_stage!r}")
     out = prepare_output(cfg, resume)
@@ -184,7 +183,7 @@ def run_schedule(
         optimizer.set_xi(xi)
         target = None
         if targets is not None:  # the stage's budget: from the count now to its target by the stage's end
-            budget = SparsityBudget(target_ratio=targets[stage - 1], score=budget_score)
+            budget = SparsityBudget(target_ratio=targets[stage - 1])
             target = budget.attach(model, optimizer, steps)
         args = training_args(
             cfg,
