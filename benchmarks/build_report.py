@@ -8,7 +8,7 @@ what was tried for SoRA's gate settings, the learning-rate search, the overhead 
 
 Usage::
 
-    python benchmarks/build_report.py            # writes BENCHMARKS.md and benchmarks/results/glue/figures/*.png
+    python benchmarks/build_report.py  # writes BENCHMARKS.md, README.md's front block, benchmarks/results/glue/figures/
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # glue (the runner's settings) and the report package
 
-from report.build import OUTPUT, build  # noqa: E402
+from report.build import OUTPUT, README, build  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default=str(OUTPUT))
     args = parser.parse_args(argv)
-    text = build(Path(args.output))
+    text, readme = build(Path(args.output))
     from sora import _io
 
     _io.write_text(args.output, text)
-    print(f"wrote {args.output}")
+    _io.write_text(README, readme)
+    print(f"wrote {args.output} and the front block of {README.name}")
     return 0
 
 

@@ -220,4 +220,43 @@ def test_front_pairs_each_schedule_stage_with_lora_of_its_size(tmp_path):
     ]
     row = next(line for line in text.splitlines() if line.startswith("| 25% (LoRA r=2)"))
     assert row.replace(" ", "").split("|")[2:5] == ["82.9K", "83.0,83.1,83.2", "88.0,88.1,88.2"], row
-    assert "4 epochs against 12 (0.33 of the optimizer steps); measured step time 0.50, 0.50, 0.50" in text
+    assert "4 epochs against 12 (0.33 of the optimizer steps); measured time 0.50, 0.50, 0.50" in text
+    # the size each curve picks, the smallest within 1 point of its best: the stages 89, 88, 83, 82; LoRA 90, 89, 88, 87
+    assert "seed 0: the schedule 50% (88.0), the sweep r=4 (89.0)" in text
+
+
+def test_pick_is_the_smallest_size_within_a_point_of_the_best():
+    assert front._pick([("r=8", 90.0), ("r=4", 89.5), ("r=2", 89.0), ("r=1", 85.0)]) == ("r=2", 89.0)
+    assert front._pick([("75%", 80.0), ("50%", 86.0), ("25%", 85.5), ("12.5%", 84.0)]) == ("25%", 85.5)
+
+
+def test_pattern_rows_pair_each_rank_pattern_with_uniform_lora_of_its_seed():
+    """LoRA at SoRA's ranks 1 point above uniform LoRA r=4 at every seed (noise 0): ahead; EVA's pattern has not run,
+    so it has no row; SoRA's own 50% run is shown against the same uniform runs. Nothing before a pattern run."""
+    runs = {}
+    for seed in glue.SEEDS:
+        for label, r, value in (("lora", 4, 85.0), ("lora-ranks-sora50", 4, 86.0),
+                                ("sora-budget50-const-contribution", glue.RANK, 84.0)):  # fmt: skip
+            name, result = _run("mrpc", label, r, seed, value + 0.5 * seed)
+            runs[name] = {**result, "nonzero_params": 165888}
+    text = front.pattern_section(runs)
+    rows = {line.split("|")[2].strip(): line.replace(" ", "").split("|")[3:6] for line in text.splitlines()[2:]}
+    assert rows == {
+        "uniform LoRA r=4": ["165.9K", "85.5±0.5", "—"],
+        "LoRA at the ranks of sora-budget50-const-contribution r=8": ["165.9K", "86.5±0.5", "+1.0±0.0(ahead,3seeds)"],
+        "SoRA at 50%, its own training": ["165.9K", "84.5±0.5", "-1.0±0.0(behind,3seeds)"],
+    }, text
+    assert front.pattern_section({n: r for n, r in runs.items() if "ranks" not in n}) is None
+
+
+def test_readme_front_block_is_the_one_the_results_give():
+    """README.md's front paragraph is what build_report writes from the committed results (rerun it after a run),
+    and rewriting it replaces the marked block alone."""
+    from report.build import README, readme_with
+    from report.load import read
+
+    text = README.read_text(encoding="utf-8")
+    block = front.readme_block(read(README.parent))
+    assert block is not None and readme_with(text, block) == text, "README's front block is stale: run build_report"
+    begin, end = front.README_MARKERS
+    assert readme_with(f"a\n{begin}\nold\n{end}\nb", "new") == "a\nnew\nb"

@@ -33,6 +33,7 @@ from .sections import (
 )
 
 OUTPUT = ROOT / "BENCHMARKS.md"
+README = ROOT / "README.md"
 
 HEADER = (
     "# Benchmarks\n",
@@ -66,8 +67,17 @@ SECTIONS = (
 )
 
 
-def build(output: Path = OUTPUT) -> str:
-    """BENCHMARKS.md's text, its links relative to ``output``'s folder (the rank heatmaps are drawn on the way)."""
+def build(output: Path = OUTPUT) -> tuple[str, str]:
+    """BENCHMARKS.md's text, its links relative to ``output``'s folder (the rank heatmaps are drawn on the way), and
+    README.md's with its generated block (``front.README_MARKERS``) rewritten from the same results."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     res = read(output.resolve().parent)
-    return "\n".join([*HEADER, *(text for section in SECTIONS if (text := section.render(res)))]).rstrip() + "\n"
+    text = "\n".join([*HEADER, *(text for section in SECTIONS if (text := section.render(res)))]).rstrip() + "\n"
+    return text, readme_with(README.read_text(encoding="utf-8"), front.readme_block(res))
+
+
+def readme_with(readme: str, block: str | None) -> str:
+    """``readme`` with the text between ``front.README_MARKERS`` (markers included) replaced by ``block``."""
+    begin, end = front.README_MARKERS
+    start, stop = readme.index(begin), readme.index(end) + len(end)
+    return readme[:start] + (block or f"{begin}\n{end}") + readme[stop:]

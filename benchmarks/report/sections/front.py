@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import glue
 
-from ..load import FIGURES, Results, Runs, load, score
-from ..markdown import METRIC_NAMES, TASK_NAMES, fmt_params, rel, table
+from ..load import FIGURES, ROOT, Results, Runs, load, score
+from ..markdown import METRIC_NAMES, TASK_NAMES, fmt_ms, fmt_params, rel, table
 from ..stats import gap_text, gap_word
 
 SCHEDULE = "sora-schedule"  # the front's schedule runs: glue.run_name(task, SCHEDULE, RANK, seed)
@@ -106,79 +107,232 @@ def _seconds(result: dict[str, Any]) -> float:
     return result["seconds_per_epoch"] * result["hyperparameters"]["epochs"]
 
 
+PICK_TOLERANCE = 1.0  # points of dev score: the size a user picks from a curve is its smallest within this of its best
+
+
+def _pick(curve: list[tuple[str, float]]) -> tuple[str, float]:
+    """The size a user picks from a size-accuracy curve ((size, score) from the largest size to the smallest): the
+    smallest whose score is within ``PICK_TOLERANCE`` of the curve's best."""
+    best = max(value for _, value in curve)
+    return [(size, value) for size, value in curve if value >= best - PICK_TOLERANCE][-1]
+
+
+@dataclass
+class _TaskFront:
+    """One task's front, paired by seed: per schedule stage the stage's and LoRA's runs of that size and their gaps,
+    the training cost against the sweep, and the size each curve picks."""
+
+    task: str
+    schedules: dict[int, dict[str, Any]]  # seed -> the schedule run
+    rows: list[list[str]] = field(default_factory=list)  # the table
+    reach: list[tuple[str, list[float]]] = field(default_factory=list)  # (size, per-seed stage - LoRA gaps)
+    epochs: set[tuple[float, float]] = field(default_factory=set)  # (the schedule's epochs, the sweep's)
+    time_ratios: list[float] = field(default_factory=list)  # per seed: the schedule's seconds / the sweep's
+    picks: list[tuple[int, tuple[str, float], tuple[str, float]]] = field(default_factory=list)  # seed, mine, sweep's
+
+
+def _size(ratio: float) -> str:
+    return f"{100 * ratio:g}%"
+
+
+def _task_front(task: str, runs: Runs, schedules: Runs) -> _TaskFront:
+    mine = {int(n.rsplit("seed", 1)[1]): s for n, s in schedules.items() if s["task"] == task}
+    front = _TaskFront(task, mine)
+    for k, ratio in enumerate(glue.FRONT_TARGETS):
+        rank = _stage_rank(ratio)
+        stage = {seed: s for seed, s in mine.items() if len(s["stages"]) > k}
+        if not stage:
+            continue
+        lora = {seed: x for seed in stage if (x := runs.get(glue.run_name(task, "lora", rank, seed)))}
+        gaps = [_stage_score(stage[seed], k) - score(x) for seed, x in lora.items()]
+        front.rows.append(
+            [
+                f"{_size(ratio)} (LoRA r={rank})",
+                fmt_params(statistics.fmean(s["stages"][k]["nonzero_params"] for s in stage.values())),
+                ", ".join(f"{_stage_score(s, k):.1f}" for s in stage.values()),
+                ", ".join(f"{score(x):.1f}" for x in lora.values()) or "—",
+                gap_text(gaps) if gaps else "—",
+            ]
+        )
+        if gaps:
+            front.reach.append((_size(ratio), gaps))
+    for seed, s in mine.items():
+        sweep = [runs.get(glue.run_name(task, "lora", r, seed)) for r in LORA_SWEEP]
+        if len(s["stages"]) == len(glue.FRONT_TARGETS) and all(sweep):
+            front.time_ratios.append(sum(row["seconds"] for row in s["stages"]) / sum(map(_seconds, sweep)))
+            sweep_epochs = sum(x["hyperparameters"]["epochs"] for x in sweep)
+            front.epochs.add((len(s["stages"]) * s["epochs_per_stage"], sweep_epochs))
+            stages = [(_size(t), _stage_score(s, k)) for k, t in enumerate(glue.FRONT_TARGETS)]
+            lora = [(f"r={r}", score(x)) for r, x in zip(LORA_SWEEP, sweep, strict=True)]
+            front.picks.append((seed, _pick(stages), _pick(lora)))
+    return front
+
+
+def _cost_text(front: _TaskFront) -> str:
+    return (
+        ", ".join(f"{a:g} epochs against {b:g} ({a / b:.2f} of the optimizer steps)" for a, b in sorted(front.epochs))
+        + f"; measured time {', '.join(f'{t:.2f}' for t in front.time_ratios)}"
+    )
+
+
+def _picks_text(front: _TaskFront) -> str:
+    return "; ".join(
+        f"seed {seed}: the schedule {a} ({sa:.1f}), the sweep {b} ({sb:.1f})" for seed, (a, sa), (b, sb) in front.picks
+    )
+
+
+def _reach_text(front: _TaskFront) -> str:
+    """The verdict per size in one phrase: the sizes reached (within noise or ahead), those behind with their gap."""
+    if not front.reach:
+        return "no paired LoRA run yet"
+    words = {size: gap_word(gaps) for size, gaps in front.reach}
+    if all(w == "one seed only" for w in words.values()):
+        return "one seed only, " + ", ".join(f"{size} {statistics.fmean(g):+.1f}" for size, g in front.reach)
+    reached = [size for size, w in words.items() if w in ("within noise", "ahead")]
+    behind = [f"{size} ({gap_text(g)})" for size, g in front.reach if words[size] == "behind"]
+    parts = [f"reaches LoRA at {', '.join(reached)}" if reached else "reaches LoRA at no size"]
+    return "; ".join(parts + ([f"behind at {', '.join(behind)}"] if behind else []))
+
+
+def _fronts(runs: Runs, schedules: Runs) -> list[_TaskFront]:
+    return [f for task in glue.FRONT_TASKS if (f := _task_front(task, runs, schedules)).schedules]
+
+
 def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FIGURES) -> tuple[str, list[str]]:
     """The tables and plots (into ``figures``) per task, and the verdict lines."""
     blocks, verdicts = [], []
-    for task in glue.FRONT_TASKS:
-        mine = {int(n.rsplit("seed", 1)[1]): s for n, s in schedules.items() if s["task"] == task}
-        seeds = sorted({r["seed"] for r in runs.values() if r["task"] == task} | set(mine))
-        lines = _lines(task, runs, schedules, seeds)
-        if "SoRA schedule (one run)" not in lines:
-            continue
-        first = next(iter(mine.values()))
-        metric = first["primary_metric"]
-        png = _plot(task, lines, metric, figures / f"front_{task}.png")
-        rows, reach = [], []
-        for k, ratio in enumerate(glue.FRONT_TARGETS):
-            rank = _stage_rank(ratio)
-            pairs = [
-                (s, x)
-                for seed, s in mine.items()
-                if len(s["stages"]) > k and (x := runs.get(glue.run_name(task, "lora", rank, seed)))
-            ]
-            stage = [s for s in mine.values() if len(s["stages"]) > k]
-            if not stage:
-                continue
-            gaps = [_stage_score(s, k) - score(x) for s, x in pairs]
-            lora = [x for _, x in pairs]
-            rows.append(
-                [
-                    f"{100 * ratio:g}% (LoRA r={rank})",
-                    fmt_params(statistics.fmean(s["stages"][k]["nonzero_params"] for s in stage)),
-                    ", ".join(f"{_stage_score(s, k):.1f}" for s in stage),
-                    ", ".join(f"{score(x):.1f}" for x in lora) or "—",
-                    gap_text(gaps) if gaps else "—",
-                ]
-            )
-            if gaps:
-                reach.append((f"{100 * ratio:g}%", gap_word(gaps), statistics.fmean(gaps), len(gaps)))
-        time_ratios, epochs = [], set()
-        for seed, s in mine.items():
-            sweep = [runs.get(glue.run_name(task, "lora", r, seed)) for r in LORA_SWEEP]
-            if len(s["stages"]) == len(glue.FRONT_TARGETS) and all(sweep):
-                time_ratios.append(sum(row["seconds"] for row in s["stages"]) / sum(map(_seconds, sweep)))
-                mine_epochs = len(s["stages"]) * s["epochs_per_stage"]
-                epochs.add((mine_epochs, sum(x["hyperparameters"]["epochs"] for x in sweep)))
+    for front in _fronts(runs, schedules):
+        task, first = front.task, next(iter(front.schedules.values()))
+        seeds = sorted({r["seed"] for r in runs.values() if r["task"] == task} | set(front.schedules))
+        png = _plot(task, _lines(task, runs, schedules, seeds), first["primary_metric"], figures / f"front_{task}.png")
         block = (
-            f"**{TASK_NAMES[task]}** (seeds {', '.join(map(str, sorted(mine)))}; `{first['command']}`)"
+            f"**{TASK_NAMES[task]}** (seeds {', '.join(map(str, sorted(front.schedules)))}; `{first['command']}`)"
             "\n\n"
-            + table(["size", "schedule parameters", "schedule dev", "LoRA sweep dev", "schedule − LoRA"], rows)
+            + table(["size", "schedule parameters", "schedule dev", "LoRA sweep dev", "schedule − LoRA"], front.rows)
             + f"\n\n![{TASK_NAMES[task]} front]({rel(png, out_dir)})"
         )
-        if time_ratios:
+        if front.time_ratios:
             block += (
                 "\n\nTraining cost of the schedule against the four LoRA runs (r = 1, 2, 4, 8) it replaces: "
-                + ", ".join(f"{a:g} epochs against {b:g} ({a / b:.2f} of the optimizer steps)" for a, b in epochs)
-                + f"; measured step time {', '.join(f'{t:.2f}' for t in time_ratios)} (per seed; shared machine, the "
-                "runs measured at different times and loads)."
+                + _cost_text(front)
+                + " (per seed; shared machine, the runs measured at different times and loads). The size each curve "
+                f"picks (its smallest within {PICK_TOLERANCE:g} point of its best, dev score): {_picks_text(front)}."
             )
         blocks.append(block)
         words = "; ".join(
-            f"{size}: {word} ({gap:+.1f}, {n} seed{'s' if n > 1 else ''})" for size, word, gap, n in reach
+            f"{size}: {gap_word(g)} ({statistics.fmean(g):+.1f}, {len(g)} seed{'s' if len(g) > 1 else ''})"
+            for size, g in front.reach
         )
         verdicts.append(f"- {TASK_NAMES[task]}: {words or 'no paired LoRA run yet'}.")
     return "\n\n".join(blocks), verdicts
 
 
-def render(res: Results) -> str:
+def pattern_section(runs: Runs) -> str | None:
+    """Allocation apart from training: LoRA at the per-module ranks of another run (``glue.FRONT_PATTERNS``) against
+    uniform LoRA of that size (gaps paired by seed), with SoRA's own run at that size; None before any pattern run."""
+    uniform_r = glue.FRONT_PATTERNS[0][1]
+    lines = [
+        (f"uniform LoRA r={uniform_r}", "lora", uniform_r),
+        *(
+            (f"LoRA at the ranks of {source} r={source_r}", label, r)
+            for label, r, (_, source, source_r) in glue.FRONT_PATTERNS
+        ),
+        ("SoRA at 50%, its own training", "sora-budget50-const-contribution", glue.RANK),
+    ]
+    rows = []
+    for task in glue.FRONT_TASKS:
+        patterns = {label for label, _, _ in glue.FRONT_PATTERNS}
+        if not any(r["task"] == task and r["method"] in patterns for r in runs.values()):
+            continue
+        uniform = {seed: x for seed in glue.SEEDS if (x := runs.get(glue.run_name(task, "lora", uniform_r, seed)))}
+        for name, label, r in lines:
+            got = {seed: x for seed in uniform if (x := runs.get(glue.run_name(task, label, r, seed)))}
+            if got:
+                gaps = [score(x) - score(uniform[seed]) for seed, x in got.items()]
+                rows.append([
+                    TASK_NAMES[task], name, fmt_params(statistics.fmean(x["nonzero_params"] for x in got.values())),
+                    fmt_ms([score(x) for x in got.values()]), "—" if label == "lora" else gap_text(gaps),
+                ])  # fmt: skip
+    return table(["task", "adapter", "parameters", "dev", "− uniform LoRA"], rows) if rows else None
+
+
+def _runs(res: Results) -> tuple[Runs, Runs]:
+    """The runs the front reads (the Defaults' LoRA r=8, the Equal-budget runs, the front's own) and its schedules."""
     front = load("front")
     schedules = _schedules(front)
-    plain = {n: r for n, r in front.items() if n not in schedules}
+    return {**res.defaults, **load("equal"), **{n: r for n, r in front.items() if n not in schedules}}, schedules
+
+
+def _seed_span(fronts: list[_TaskFront]) -> str:
+    seeds = sorted({seed for f in fronts for seed in f.schedules})
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+README_TASK = "sst2"  # the task whose front the README shows
+README_MARKERS = ("<!-- front: written by benchmarks/build_report.py from the results -->", "<!-- /front -->")
+
+
+def readme_block(res: Results) -> str | None:
+    """README's "what SoRA is for" paragraph, from the front's results (None before any schedule run)."""
+    runs, schedules = _runs(res)
+    fronts = _fronts(runs, schedules)
+    if not fronts:
+        return None
+    png = rel(FIGURES / f"front_{README_TASK}.png", ROOT)
+    epochs = sorted({e for f in fronts for e in f.epochs})
+    ratios = [t for f in fronts for t in f.time_ratios]
+    lines = []
+    for f in fronts:
+        flat = [
+            score(runs[glue.run_name(f.task, "lora", 1, seed)]) - score(runs[glue.run_name(f.task, "lora", 8, seed)])
+            for seed in f.schedules
+            if glue.run_name(f.task, "lora", 1, seed) in runs and glue.run_name(f.task, "lora", 8, seed) in runs
+        ]
+        picks = ", ".join(a for _, (a, _), _ in f.picks)
+        sweep = ", ".join(b for _, _, (b, _) in f.picks)
+        lines.append(
+            f"- {TASK_NAMES[f.task]}: {_reach_text(f)}"
+            + (f"; it picks {picks}, the sweep {sweep}" if f.picks else "")
+            + (f"; LoRA r=1 − r=8: {statistics.fmean(flat):+.1f}" if flat else "")
+            + "."
+        )
+    cost = ""
+    if epochs and ratios:
+        cost = (
+            f", at {', '.join(f'{a / b:.2f}' for a, b in epochs)} of the sweep's optimizer steps "
+            f"({min(ratios):.2f}-{max(ratios):.2f} of its measured time)"
+        )
+    targets = ",".join(f"{t:g}" for t in glue.FRONT_TARGETS)
+    return "\n".join(
+        [
+            README_MARKERS[0],
+            f"![{TASK_NAMES[README_TASK]}: dev score against adapter size, the schedule's stages and the sweep]({png})",
+            "",
+            f"One `sora schedule --target-list {targets}` run trains one adapter down through four sizes (75, 50, 25 "
+            "and 12.5% of the r_max=8 adapter) and scores each on dev: the size-accuracy curve a LoRA rank sweep "
+            f"(r = 8, 4, 2, 1: four runs) gives{cost}. Against LoRA of each size (MiniLM-L6, "
+            f"{_seed_span(fronts)}, gaps paired by seed with their 95% interval; a size is picked as the "
+            f"smallest within {PICK_TOLERANCE:g} point of the curve's best):",
+            "",
+            *lines,
+            "",
+            "What a schedule gives is the curve and the size read off it in one run, not a better adapter at a size: "
+            "neither SoRA's allocation nor AdaLoRA's has beaten a uniform LoRA of the same size on our GLUE runs "
+            "(Equal budget), and on these tasks LoRA loses little from r=8 to r=1 (above). The runs, the other "
+            "methods on the same plot and the commands: "
+            "[BENCHMARKS.md](BENCHMARKS.md#the-front-one-schedule-run-against-the-lora-rank-sweep).",
+            README_MARKERS[1],
+        ]
+    )
+
+
+def render(res: Results) -> str:
+    runs, schedules = _runs(res)
     out = ["\n## The front: one schedule run against the LoRA rank sweep\n"]
     if not schedules:
         out.append("Not measured: `python benchmarks/glue.py front --data-dir DIR`.")
         return "\n".join(out)
-    blocks, verdicts = front_section({**res.defaults, **load("equal"), **plain}, schedules, res.out_dir)
+    blocks, verdicts = front_section(runs, schedules, res.out_dir)
     targets = ",".join(f"{t:g}" for t in glue.FRONT_TARGETS)
     out += [
         f"One `sora schedule --target-list {targets}` run per seed (the Defaults recipe: the whole train split, "
@@ -192,7 +346,13 @@ def render(res: Results) -> str:
         blocks,
         "\n**Verdict, per size (the schedule's stage against LoRA of that size):**\n",
         "\n".join(verdicts),
-        "\nA size is reached where the gap is within noise or ahead. With one seed there is no noise estimate: the "
-        "verdict waits for seeds 1 and 2 (`python benchmarks/glue.py front`, resumable).",
+        "\nA size is reached where the gap is within noise or ahead.",
+        "\n### Allocation apart from training: LoRA at the ranks another method found\n",
+        "`sora train --method lora --rank-pattern-from RESULT` retrains a plain LoRA with the per-module ranks of "
+        "another run, at LoRA r=4's scale: SoRA's learned allocation at 50% (the Equal-budget run of the same seed) "
+        "and EVA's (r=4). Against uniform LoRA r=4 of the same seed, this says whether the ranks are better ranks, "
+        "apart from how SoRA trains them.\n",
+        (pattern_section(runs) or "Not measured yet (`python benchmarks/glue.py front` runs them after the front).")
+        + "\n",
     ]
     return "\n".join(out)
