@@ -225,11 +225,6 @@ def test_front_pairs_each_schedule_stage_with_lora_of_its_size(tmp_path):
     assert "seed 0: the schedule 50% (88.0), the sweep r=4 (89.0)" in text
 
 
-def test_pick_is_the_smallest_size_within_a_point_of_the_best():
-    assert front._pick([("r=8", 90.0), ("r=4", 89.5), ("r=2", 89.0), ("r=1", 85.0)]) == ("r=2", 89.0)
-    assert front._pick([("75%", 80.0), ("50%", 86.0), ("25%", 85.5), ("12.5%", 84.0)]) == ("25%", 85.5)
-
-
 def test_pattern_rows_pair_each_rank_pattern_with_uniform_lora_of_its_seed():
     """LoRA at SoRA's ranks 1 point above uniform LoRA r=4 at every seed (noise 0): ahead; EVA's pattern has not run,
     so it has no row; SoRA's own 50% run is shown against the same uniform runs. Nothing before a pattern run."""

@@ -17,7 +17,7 @@ import torch
 from conftest import GLUE_DIR
 
 import sora.schedule
-from sora import SoraError
+from sora import SoraError, cli
 from sora.model import load_safetensors
 from sora.schedule import run_schedule, xi_values
 from sora.train import TrainConfig, evaluate_adapter
@@ -186,6 +186,48 @@ def test_sora_eval_reproduces_a_stage_dev_score(run):
         seed=cfg.seed,
     )
     assert scores == rows[2]["dev"]
+
+
+@pytest.mark.parametrize(
+    ("scores", "within", "stage"),
+    [
+        ([0.80, 0.86, 0.855, 0.84], 1.0, 3),  # the best is stage 2; stage 3 loses 0.5 point, stage 4 two
+        ([0.80, 0.86, 0.855, 0.84], 0.0, 2),
+        ([0.90, 0.89, 0.88, 0.87], 1.0, 2),  # exactly 1 point below counts as within, despite float rounding
+        ([0.90, 0.89, 0.88, 0.87], 10.0, 4),
+    ],
+)
+def test_the_pick_is_the_smallest_stage_within_points_of_the_best(scores, within, stage):
+    rows = [{"stage": k, "nonzero_params": 1000 // k, "dev": {"f1": v}} for k, v in enumerate(scores, start=1)]
+    assert sora.schedule.pick_stage({"primary_metric": "f1", "stages": rows}, within)["stage"] == stage
+
+
+def test_the_pick_is_by_size_when_a_revived_stage_is_larger():
+    rows = [{"stage": k, "nonzero_params": n, "dev": {"m": 0.8}} for k, n in ((1, 500), (2, 700))]
+    assert sora.schedule.pick_stage({"primary_metric": "m", "stages": rows})["stage"] == 1
+    with pytest.raises(SoraError, match="within must be a finite number of points >= 0, got -1"):
+        sora.schedule.pick_stage({"primary_metric": "m", "stages": rows}, -1)
+
+
+def test_sora_schedule_names_the_picked_stage_and_its_adapter(run, capsys):
+    """The command's last lines (here of the finished fixture run, resumed: nothing left to train) name the stage
+    ``pick_stage`` picks, its score against the best, its size and its adapter folder."""
+    cfg, rows = run
+    argv = ["schedule", "--task", "rte", "--output-dir", cfg.output_dir, "--data-dir", cfg.data_dir, "--resume",
+            "--xi-list", ",".join(map(str, XIS)), "--max-train-samples", "32", "--max-eval-samples", "16",
+            "--max-seq-length", "32", "--batch-size", "16", "--r", "4", "--threshold", "constant", "--gate-init",
+            "randn", "--logging-steps", "1", "--pick-within", "100"]  # fmt: skip
+    assert cli.main(argv) == 0
+    line, summary = capsys.readouterr().out.strip().splitlines()[-2:]
+    smallest = min(rows, key=lambda row: row["nonzero_params"])  # within 100 points: every stage
+    adapter = f"{cfg.output_dir}/adapters/stage_{smallest['stage']}"
+    assert json.loads(summary) == {"output_dir": cfg.output_dir, "stages": 3, "pick": smallest["stage"],
+                                   "adapter": adapter}  # fmt: skip
+    assert line.startswith(f"sora schedule on rte: stage {smallest['stage']} of 3 is the smallest within 100 point")
+    assert f"{smallest['nonzero_params']:,} adapter parameters" in line and line.endswith(adapter)
+    assert cli.main([*argv[:-1], "-1"]) == 2
+    error = "sora: error: --pick-within must be a finite number of points >= 0, got -1.0"
+    assert capsys.readouterr().err.strip() == error
 
 
 def test_a_finished_schedule_is_kept(run):

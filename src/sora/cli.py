@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SoraError
@@ -226,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sched.add_argument("--stages", type=int, default=5)
     sched.add_argument("--epochs-per-stage", type=float, default=1.0)
+    sched.add_argument(
+        "--pick-within",
+        type=float,
+        default=None,
+        help="at the end, name the smallest stage whose dev score is within this many points of the best (default 1)",
+    )
 
     ranks = sub.add_parser("ranks", help="rank heatmap and per-layer sparsity of a run folder")
     ranks.add_argument("run_dir")
@@ -295,6 +303,11 @@ def _run(args: argparse.Namespace) -> int:
             _io.write_json(args.output, scores)
         print(json.dumps(scores))
     elif args.command == "schedule":
+        from .schedule import PICK_WITHIN, SCHEDULE_FILE, pick_stage, run_schedule, xi_values
+
+        within = PICK_WITHIN if args.pick_within is None else args.pick_within
+        if not (math.isfinite(within) and within >= 0):  # before training, not after
+            raise SoraError(f"--pick-within must be a finite number of points >= 0, got {within!r}")
         targets = None
         if args.target_list:
             targets = _numbers("--target-list", args.target_list, "fractions such as 0.9,0.7,0.5")
@@ -305,8 +318,6 @@ def _run(args: argparse.Namespace) -> int:
 
             args.gate_init = BUDGET_GATE_INIT
         cfg = _train_config(args)
-        from .schedule import run_schedule, xi_values
-
         if targets:
             xis = [args.xi] * len(targets)  # each stage's budget steers xi from here
         elif args.xi_list:
@@ -316,7 +327,20 @@ def _run(args: argparse.Namespace) -> int:
                 args.xi_schedule, args.xi_start if args.xi_start is not None else args.xi, args.xi_max, args.stages
             )
         rows = run_schedule(cfg, xis, args.epochs_per_stage, resume=args.resume, targets=targets)
-        print(json.dumps({"output_dir": args.output_dir, "stages": len(rows)}))
+        out = Path(args.output_dir)
+        schedule = json.loads((out / SCHEDULE_FILE).read_text(encoding="utf-8"))
+        pick = pick_stage(schedule, within)
+        metric = schedule["primary_metric"]
+        best = max(rows, key=lambda row: row["dev"][metric])
+        adapter = out / "adapters" / f"stage_{pick['stage']}"
+        print(
+            f"sora schedule on {cfg.task}: stage {pick['stage']} of {len(rows)} is the smallest within "
+            f"{within:g} point of the best dev {metric} ({100 * pick['dev'][metric]:.1f}, the best "
+            f"{100 * best['dev'][metric]:.1f} at stage {best['stage']}): {pick['nonzero_params']:,} adapter "
+            f"parameters, {pick['live_ranks']} ranks live; its adapter: {adapter}"
+        )
+        print(json.dumps({"output_dir": args.output_dir, "stages": len(rows), "pick": pick["stage"],
+                          "adapter": str(adapter)}))  # fmt: skip
     elif args.command == "ranks":
         from .analysis import analyze_ranks
 

@@ -15,6 +15,9 @@ scores on its training data (memorization) and on the dev data (generalization):
 - ``state/stage_K/``: the unpruned model and its optimizer after stage K (safetensors), for ``resume``;
 - ``run_config.json`` and ``train_log.jsonl`` as ``sora train`` writes them (every log row names its ``stage``).
 
+``pick_stage`` reads the curve as a user would: the smallest stage whose dev score is within ``PICK_WITHIN`` points of
+the best stage's (``sora schedule`` names it and its adapter at the end).
+
 All of them are rewritten atomically after every stage, so an interrupted schedule leaves complete files for the
 stages it finished; ``schedule.json`` is written last and is what ``resume`` trusts.
 """
@@ -62,6 +65,19 @@ _SCHEDULES: dict[str, Callable[[float, float, int], np.ndarray]] = {
     "exp_linear": lambda a, b, n: np.exp(np.linspace(np.log(a), np.log(b), n)),
 }
 KINDS = tuple(_SCHEDULES)
+PICK_WITHIN = 1.0  # points (percent) of the primary dev metric that the picked stage may lose against the best one
+
+
+def pick_stage(schedule: dict[str, Any], within: float = PICK_WITHIN) -> dict[str, Any]:
+    """The stage a user keeps from a schedule's size-accuracy curve (``schedule.json``): the one with the fewest
+    non-zero adapter parameters among those whose dev ``primary_metric`` is within ``within`` points (percent) of the
+    best."""
+    if not (math.isfinite(within) and within >= 0):
+        raise SoraError(f"within must be a finite number of points >= 0, got {within!r}")
+    metric, rows = schedule["primary_metric"], schedule["stages"]
+    best = max(row["dev"][metric] for row in rows)
+    near = [row for row in rows if round(100 * (best - row["dev"][metric]), 9) <= within]
+    return min(near, key=lambda row: row["nonzero_params"])
 
 
 def xi_values(kind: str, start: float, end: float | None, n: int) -> list[float]:

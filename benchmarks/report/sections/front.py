@@ -107,14 +107,13 @@ def _seconds(result: dict[str, Any]) -> float:
     return result["seconds_per_epoch"] * result["hyperparameters"]["epochs"]
 
 
-PICK_TOLERANCE = 1.0  # points of dev score: the size a user picks from a curve is its smallest within this of its best
+def _pick(labels: list[str], metric: str, rows: list[dict[str, Any]]) -> tuple[str, float]:
+    """The label and dev score of the size a user picks from a curve (``sora.schedule.pick_stage``'s rule) whose
+    points are ``rows`` ({"nonzero_params", "dev"}, e.g. a schedule's stages)."""
+    from sora.schedule import pick_stage
 
-
-def _pick(curve: list[tuple[str, float]]) -> tuple[str, float]:
-    """The size a user picks from a size-accuracy curve ((size, score) from the largest size to the smallest): the
-    smallest whose score is within ``PICK_TOLERANCE`` of the curve's best."""
-    best = max(value for _, value in curve)
-    return [(size, value) for size, value in curve if value >= best - PICK_TOLERANCE][-1]
+    k = rows.index(pick_stage({"primary_metric": metric, "stages": rows}))
+    return labels[k], 100 * rows[k]["dev"][metric]
 
 
 @dataclass
@@ -162,9 +161,13 @@ def _task_front(task: str, runs: Runs, schedules: Runs) -> _TaskFront:
             front.time_ratios.append(sum(row["seconds"] for row in s["stages"]) / sum(map(_seconds, sweep)))
             sweep_epochs = sum(x["hyperparameters"]["epochs"] for x in sweep)
             front.epochs.add((len(s["stages"]) * s["epochs_per_stage"], sweep_epochs))
-            stages = [(_size(t), _stage_score(s, k)) for k, t in enumerate(glue.FRONT_TARGETS)]
-            lora = [(f"r={r}", score(x)) for r, x in zip(LORA_SWEEP, sweep, strict=True)]
-            front.picks.append((seed, _pick(stages), _pick(lora)))
+            metric = s["primary_metric"]
+            lora = [{"nonzero_params": x["nonzero_params"], "dev": x["eval"]} for x in sweep]
+            front.picks.append((
+                seed,
+                _pick([_size(t) for t in glue.FRONT_TARGETS], metric, s["stages"]),
+                _pick([f"r={r}" for r in LORA_SWEEP], metric, lora),
+            ))  # fmt: skip
     return front
 
 
@@ -200,6 +203,8 @@ def _fronts(runs: Runs, schedules: Runs) -> list[_TaskFront]:
 
 def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FIGURES) -> tuple[str, list[str]]:
     """The tables and plots (into ``figures``) per task, and the verdict lines."""
+    from sora.schedule import PICK_WITHIN
+
     blocks, verdicts = [], []
     for front in _fronts(runs, schedules):
         task, first = front.task, next(iter(front.schedules.values()))
@@ -216,7 +221,8 @@ def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FI
                 "\n\nTraining cost of the schedule against the four LoRA runs (r = 1, 2, 4, 8) it replaces: "
                 + _cost_text(front)
                 + " (per seed; shared machine, the runs measured at different times and loads). The size each curve "
-                f"picks (its smallest within {PICK_TOLERANCE:g} point of its best, dev score): {_picks_text(front)}."
+                f"picks (its smallest within {PICK_WITHIN:g} point of its best dev score, as `sora schedule` "
+                f"names it): {_picks_text(front)}."
             )
         blocks.append(block)
         words = "; ".join(
@@ -274,6 +280,8 @@ README_MARKERS = ("<!-- front: written by benchmarks/build_report.py from the re
 
 def readme_block(res: Results) -> str | None:
     """README's "what SoRA is for" paragraph, from the front's results (None before any schedule run)."""
+    from sora.schedule import PICK_WITHIN
+
     runs, schedules = _runs(res)
     fronts = _fronts(runs, schedules)
     if not fronts:
@@ -312,7 +320,7 @@ def readme_block(res: Results) -> str | None:
             "and 12.5% of the r_max=8 adapter) and scores each on dev: the size-accuracy curve a LoRA rank sweep "
             f"(r = 8, 4, 2, 1: four runs) gives{cost}. Against LoRA of each size (MiniLM-L6, "
             f"{_seed_span(fronts)}, gaps paired by seed with their 95% interval; a size is picked as the "
-            f"smallest within {PICK_TOLERANCE:g} point of the curve's best):",
+            f"smallest within {PICK_WITHIN:g} point of the curve's best, as `sora schedule` names it):",
             "",
             *lines,
             "",
