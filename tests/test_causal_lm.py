@@ -15,6 +15,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 import sora
+import sora.schedule
+import sora.train
 from sora import SoraError
 from sora.cli import main
 from sora.export import uniform_rank
@@ -191,11 +193,30 @@ def test_impossible_requests_are_one_line(tmp_path, decoder_dir, data_files, cap
     assert not (tmp_path / "run").exists()
 
 
-def test_the_sparsifying_scheduler_refuses_causal_lm(tmp_path, capsys):
-    args = ["schedule", "--task", "causal-lm", "--model", "m", "--output-dir", str(tmp_path / "s"), "--xi-max", "1"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err == "sora: error: the sparsifying scheduler runs classification tasks, not 'causal-lm'\n"
+def test_the_sparsifying_scheduler_tunes_a_decoder_and_picks_by_dev_loss(tmp_path, decoder_dir, data_files, capsys):
+    """`sora schedule --task causal-lm --target-list 0.75,0.25`: each stage lands at its budget, is scored by dev and
+    train loss (with exact match of generations), and its adapter reloads in plain PEFT with the dev loss the
+    schedule recorded; the command names the smallest stage within 1% of the best dev loss."""
+    out = tmp_path / "s"
+    args = [a if a != "train" else "schedule" for a in _train_args(decoder_dir, data_files, out)]
+    args += ["--target-list", "0.75,0.25", "--epochs-per-stage", "2", "--lr", "1e-2", "--generate-eval", "2"]
+    assert main(args) == 0
+    line, summary = capsys.readouterr().out.strip().splitlines()[-2:]
+    schedule = json.loads((out / "schedule.json").read_text())
+    rows = schedule["stages"]
+    assert schedule["primary_metric"] == "loss" and [row["stage"] for row in rows] == [1, 2]
+    for row in rows:
+        assert set(row["dev"]) == {"loss", "perplexity", "exact_match"} and set(row["train"]) == {"loss", "perplexity"}
+        assert row["nonzero_params"] <= row["target_params"]
+    assert rows[1]["nonzero_params"] < rows[0]["nonzero_params"]
+    pick = sora.schedule.pick_stage(schedule)
+    assert json.loads(summary)["pick"] == pick["stage"]
+    assert line.startswith(f"sora schedule on causal-lm: stage {pick['stage']} of 2 is the smallest within 1 % of")
+    assert f"({pick['dev']['loss']:.3f})" in line
+    adapter = out / "adapters" / "stage_2"
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    scores = sora.train.evaluate_adapter(str(adapter), validation_file=str(data_files[1]))
+    assert scores["loss"] == pytest.approx(rows[1]["dev"]["loss"], rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ def test_the_schedule_is_named_by_the_kind_that_reproduces_it():
         ({}, [0.1, -0.2], 1.0, "xi of stage 2 must be a finite number >= 0"),
         ({}, [0.1, math.nan], 1.0, "xi of stage 2"),
         ({}, XIS, 0, "epochs_per_stage must be > 0"),
+        ({"load_in_4bit": True}, XIS, 1.0, "trains a full-precision base: --load-in-4bit is for sora train"),
     ],
 )
 def test_bad_requests_fail_before_writing_anything(tmp_path, overrides, xis, epochs, message):
@@ -202,10 +203,17 @@ def test_the_pick_is_the_smallest_stage_within_points_of_the_best(scores, within
     assert sora.schedule.pick_stage({"primary_metric": "f1", "stages": rows}, within)["stage"] == stage
 
 
+def test_the_pick_of_a_loss_is_within_percent_of_the_lowest():
+    losses = [2.0, 1.5, 1.515, 1.6]
+    rows = [{"stage": k, "nonzero_params": 1000 // k, "dev": {"loss": v}} for k, v in enumerate(losses, start=1)]
+    assert sora.schedule.pick_stage({"primary_metric": "loss", "stages": rows})["stage"] == 3  # 1% above 1.5
+    assert sora.schedule.pick_stage({"primary_metric": "loss", "stages": rows}, 0.5)["stage"] == 2
+
+
 def test_the_pick_is_by_size_when_a_revived_stage_is_larger():
     rows = [{"stage": k, "nonzero_params": n, "dev": {"m": 0.8}} for k, n in ((1, 500), (2, 700))]
     assert sora.schedule.pick_stage({"primary_metric": "m", "stages": rows})["stage"] == 1
-    with pytest.raises(SoraError, match="within must be a finite number of points >= 0, got -1"):
+    with pytest.raises(SoraError, match="within must be a finite number >= 0, got -1"):
         sora.schedule.pick_stage({"primary_metric": "m", "stages": rows}, -1)
 
 
@@ -224,9 +232,10 @@ def test_sora_schedule_names_the_picked_stage_and_its_adapter(run, capsys):
     assert json.loads(summary) == {"output_dir": cfg.output_dir, "stages": 3, "pick": smallest["stage"],
                                    "adapter": adapter}  # fmt: skip
     assert line.startswith(f"sora schedule on rte: stage {smallest['stage']} of 3 is the smallest within 100 point")
+    assert f"best dev accuracy ({100 * smallest['dev']['accuracy']:.1f})" in line
     assert f"{smallest['nonzero_params']:,} adapter parameters" in line and line.endswith(adapter)
     assert cli.main([*argv[:-1], "-1"]) == 2
-    error = "sora: error: --pick-within must be a finite number of points >= 0, got -1.0"
+    error = "sora: error: --pick-within must be a finite number >= 0, got -1.0"
     assert capsys.readouterr().err.strip() == error
 
 

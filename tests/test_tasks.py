@@ -13,6 +13,7 @@ from transformers import BertConfig, BertForSequenceClassification, DataCollator
 
 from sora import SoraError
 from sora.run_folder import load_exported
+from sora.schedule import run_schedule
 from sora.tasks import (
     FAMILIES,
     EvalOptions,
@@ -95,6 +96,7 @@ def constant_family(tmp_path):
         collator=DataCollatorWithPadding,
         trainer_metrics=lambda spec, split: None,
         evaluate=evaluate,
+        score=lambda model, tokenizer, data, dataset, split, batch: {"loss": _mse(model, tokenizer, dataset)},
     )
     register_family("constant", family)
     yield family, base, tokenizer
@@ -113,6 +115,16 @@ def test_a_family_defined_outside_the_package_trains_through_the_core(tmp_path, 
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert len(metrics["ranks"]) == 2 * 6  # every weight matrix of both BERT layers is adapted
     assert evaluate_adapter(out / "adapter") == pytest.approx(metrics["eval"], rel=1e-6)
+
+
+def test_the_sparsifying_scheduler_runs_a_family_defined_outside_the_package(tmp_path, constant_family):
+    """`run_schedule` reaches the family through its interface alone: load, collator and score (here the MSE)."""
+    out = tmp_path / "schedule"
+    cfg = TrainConfig(task="constant", output_dir=str(out), lr=5e-2, batch_size=16)
+    rows = run_schedule(cfg, [0.0, 0.0], 2.0, targets=[0.5, 0.25])
+    assert [set(row["dev"]) for row in rows] == [{"loss"}, {"loss"}] and rows[0]["train"]["loss"] >= 0
+    assert rows[1]["nonzero_params"] < rows[0]["nonzero_params"] <= rows[0]["target_params"]
+    assert evaluate_adapter(out / "adapters" / "stage_2") == pytest.approx(rows[1]["dev"], rel=1e-6)
 
 
 def test_task_names_reach_their_families():

@@ -232,7 +232,8 @@ def _parser() -> argparse.ArgumentParser:
         "--pick-within",
         type=float,
         default=None,
-        help="at the end, name the smallest stage whose dev score is within this many points of the best (default 1)",
+        help="at the end, name the smallest stage whose dev score is within this many points of the best (default 1; "
+        "for causal-lm: percent of the best dev loss)",
     )
 
     ranks = sub.add_parser("ranks", help="rank heatmap and per-layer sparsity of a run folder")
@@ -307,7 +308,7 @@ def _run(args: argparse.Namespace) -> int:
 
         within = PICK_WITHIN if args.pick_within is None else args.pick_within
         if not (math.isfinite(within) and within >= 0):  # before training, not after
-            raise SoraError(f"--pick-within must be a finite number of points >= 0, got {within!r}")
+            raise SoraError(f"--pick-within must be a finite number >= 0, got {within!r}")
         targets = None
         if args.target_list:
             targets = _numbers("--target-list", args.target_list, "fractions such as 0.9,0.7,0.5")
@@ -331,12 +332,12 @@ def _run(args: argparse.Namespace) -> int:
         schedule = json.loads((out / SCHEDULE_FILE).read_text(encoding="utf-8"))
         pick = pick_stage(schedule, within)
         metric = schedule["primary_metric"]
-        best = max(rows, key=lambda row: row["dev"][metric])
+        value = pick["dev"][metric]
         adapter = out / "adapters" / f"stage_{pick['stage']}"
         print(
-            f"sora schedule on {cfg.task}: stage {pick['stage']} of {len(rows)} is the smallest within "
-            f"{within:g} point of the best dev {metric} ({100 * pick['dev'][metric]:.1f}, the best "
-            f"{100 * best['dev'][metric]:.1f} at stage {best['stage']}): {pick['nonzero_params']:,} adapter "
+            f"sora schedule on {cfg.task}: stage {pick['stage']} of {len(rows)} is the smallest within {within:g} "
+            f"{'%' if metric == 'loss' else 'point'} of the best dev {metric} "
+            f"({f'{value:.3f}' if metric == 'loss' else f'{100 * value:.1f}'}): {pick['nonzero_params']:,} adapter "
             f"parameters, {pick['live_ranks']} ranks live; its adapter: {adapter}"
         )
         print(json.dumps({"output_dir": args.output_dir, "stages": len(rows), "pick": pick["stage"],

@@ -16,7 +16,7 @@ scores on its training data (memorization) and on the dev data (generalization):
 - ``run_config.json`` and ``train_log.jsonl`` as ``sora train`` writes them (every log row names its ``stage``).
 
 ``pick_stage`` reads the curve as a user would: the smallest stage whose dev score is within ``PICK_WITHIN`` points of
-the best stage's (``sora schedule`` names it and its adapter at the end).
+the best stage's (1% of the best loss for causal-lm; ``sora schedule`` names it and its adapter at the end).
 
 All of them are rewritten atomically after every stage, so an interrupted schedule leaves complete files for the
 stages it finished; ``schedule.json`` is written last and is what ``resume`` trusts.
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import transformers
-from transformers import DataCollatorWithPadding, get_constant_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup
 
 from . import _io
 from .analysis import plot_schedule_curves, read_train_log
@@ -52,7 +52,7 @@ from .prune import prune
 from .run_config import TrainConfig
 from .run_folder import RUN_MARKER, eval_batch_size, export, prepare_output
 from .sharding import fsdp_launched
-from .tasks import classification, task_family
+from .tasks import task_family
 from .train import with_default_model
 from .trainer import SoraTrainer, StepHooks, training_args
 
@@ -65,18 +65,22 @@ _SCHEDULES: dict[str, Callable[[float, float, int], np.ndarray]] = {
     "exp_linear": lambda a, b, n: np.exp(np.linspace(np.log(a), np.log(b), n)),
 }
 KINDS = tuple(_SCHEDULES)
-PICK_WITHIN = 1.0  # points (percent) of the primary dev metric that the picked stage may lose against the best one
+PICK_WITHIN = 1.0  # how much worse than the best stage the picked one may score: points of a score, % of a loss
 
 
 def pick_stage(schedule: dict[str, Any], within: float = PICK_WITHIN) -> dict[str, Any]:
     """The stage a user keeps from a schedule's size-accuracy curve (``schedule.json``): the one with the fewest
-    non-zero adapter parameters among those whose dev ``primary_metric`` is within ``within`` points (percent) of the
-    best."""
+    non-zero adapter parameters among those whose dev ``primary_metric`` is within ``within`` of the best stage's:
+    percentage points of a score (the GLUE metrics), percent of the best value of a loss (lower is better)."""
     if not (math.isfinite(within) and within >= 0):
-        raise SoraError(f"within must be a finite number of points >= 0, got {within!r}")
+        raise SoraError(f"within must be a finite number >= 0, got {within!r}")
     metric, rows = schedule["primary_metric"], schedule["stages"]
-    best = max(row["dev"][metric] for row in rows)
-    near = [row for row in rows if round(100 * (best - row["dev"][metric]), 9) <= within]
+    values = [row["dev"][metric] for row in rows]
+    if metric == "loss":
+        shortfall = [100 * (v - min(values)) / max(min(values), 1e-12) for v in values]
+    else:
+        shortfall = [100 * (max(values) - v) for v in values]
+    near = [row for row, short in zip(rows, shortfall, strict=True) if round(short, 9) <= within]
     return min(near, key=lambda row: row["nonzero_params"])
 
 
@@ -154,8 +158,8 @@ def run_schedule(
         raise SoraError(f"the sparsifying scheduler trains {' or '.join(names('schedule'))}, not {cfg.method!r}")
     if cfg.fsdp or fsdp_launched():
         raise SoraError("the sparsifying scheduler runs in one process only: FSDP (--fsdp) is for sora train")
-    if task_family(cfg.task) is not classification.FAMILY:
-        raise SoraError(f"the sparsifying scheduler runs classification tasks, not {cfg.task!r}")
+    if cfg.load_in_4bit:
+        raise SoraError("the sparsifying scheduler trains a full-precision base: --load-in-4bit is for sora train")
     cfg = with_default_model(cfg)
     xis = _check_xis(xis)
     if targets is not None:
@@ -170,14 +174,13 @@ def run_schedule(
     if len(rows) == len(xis):
         return rows
     transformers.set_seed(cfg.seed)
-    data, tokenizer, train_set, dev = classification.load_inputs(cfg)
+    family = task_family(cfg.task)
+    data, tokenizer, train_set, dev, model = family.load(cfg)
     train_eval = subsample(train_set, cfg.max_eval_samples, cfg.seed)
-    model = classification.load_classifier(cfg.model, data.spec, tokenizer, train_set["labels"])
     steps = math.ceil(math.ceil(len(train_set) / cfg.batch_size) * epochs_per_stage)
     if rows:  # the saved param groups restore every hyperparameter (lr, xi, threshold, ...): only the grouping matters
         model, optimizer = load_sora(model, _state_dir(out, len(rows)), lambda m: SoraOptimizer(m, lr=cfg.lr))
     else:
-        family = classification.FAMILY
         model, optimizer = method.build(
             cfg, model, task_type=family.task_type, heads=family.heads(model), total_steps=steps * len(xis)
         )
@@ -217,7 +220,7 @@ def run_schedule(
             model=model,
             args=args,
             train_dataset=train_set,
-            data_collator=DataCollatorWithPadding(tokenizer),
+            data_collator=family.collator(tokenizer),
             processing_class=tokenizer,
             optimizers=(optimizer, scheduler),
             callbacks=[StepHooks(model, method), SoraCallback()],
@@ -237,7 +240,7 @@ def run_schedule(
         batch = eval_batch_size(cfg)
         dev_scores: dict[str, float] = {}
         for split, dataset in dev.items():
-            dev_scores.update(classification.score(pruned, tokenizer, data.spec, dataset, split, batch))
+            dev_scores.update(family.score(pruned, tokenizer, data, dataset, split, batch))
         nonzero = count_parameters(model)["nonzero"]
         revived = bool(rows) and nonzero > rows[-1]["nonzero_params"]
         rows.append(  # rows is schedule["stages"]
@@ -248,7 +251,7 @@ def run_schedule(
                 "nonzero_params": nonzero,
                 "live_ranks": sum(ranks.values()),
                 "ranks": ranks,
-                "train": classification.score(pruned, tokenizer, data.spec, train_eval, "train", batch),
+                "train": family.score(pruned, tokenizer, data, train_eval, "train", batch),
                 "dev": dev_scores,
                 "revived": revived,
                 "seconds": round(seconds, 3),

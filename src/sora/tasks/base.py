@@ -85,6 +85,9 @@ class TaskFamily:
     collator: Callable[[Any], Any]  # tokenizer -> the Trainer's data collator
     trainer_metrics: Callable[[Any, str], Any]  # (spec, split) -> the Trainer's compute_metrics, or None
     evaluate: Callable[[Path, EvalOptions], dict[str, float]]  # scores an exported adapter on every dev split
+    # (model, tokenizer, data, encoded split, split name, batch size) -> scores: a model in memory on one split (the
+    # sparsifying scheduler scores each stage's pruned model on train and dev)
+    score: Callable[[torch.nn.Module, Any, Any, Dataset, str, int], dict[str, float]]
 
 
 def finish_model(model: torch.nn.Module, tokenizer: Any, load_in_4bit: bool) -> torch.nn.Module:

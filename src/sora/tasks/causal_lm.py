@@ -377,8 +377,17 @@ def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
             raise SoraError(f"{adapter} was trained on task {TASK}: pass its --validation-file or --dataset")
         data = CausalLMData(CausalLMSpec(), DatasetDict({"validation": to_dataset(examples)}), [])
     dataset = subsample(data.splits["validation"], options.max_eval_samples, options.seed)
-    scores = masked_loss(model, tokenizer, dataset, options.batch_size)
-    if data.generate_eval:
+    return score(model, tokenizer, data, dataset, "validation", options.batch_size)
+
+
+def score(
+    model: torch.nn.Module, tokenizer: Any, data: CausalLMData, dataset: Dataset, split: str, batch_size: int
+) -> dict[str, float]:
+    """Loss and perplexity of ``model`` on the encoded ``dataset``; on the validation split with
+    ``data.generate_eval`` = N also ``exact_match`` of the first N validation prompts' greedy generations, written to
+    ``data.generations_file`` (JSON Lines)."""
+    scores = masked_loss(model, tokenizer, dataset, batch_size)
+    if split == "validation" and data.generate_eval:
         rows = generate(model, tokenizer, data.prompts[: data.generate_eval])
         scores["exact_match"] = sum(r["exact_match"] for r in rows) / len(rows)
         if data.generations_file is not None and is_main_process():
@@ -395,4 +404,5 @@ FAMILY = TaskFamily(
     collator=collator,
     trainer_metrics=lambda spec, split: None,  # the Trainer's eval_loss selects the checkpoint
     evaluate=evaluate,
+    score=score,
 )

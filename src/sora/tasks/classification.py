@@ -170,7 +170,7 @@ def trainer_metrics(spec: TaskSpec, split: str):
 
 
 def score(
-    model: torch.nn.Module, tokenizer, spec: TaskSpec, dataset: Dataset, split: str, batch_size: int
+    model: torch.nn.Module, tokenizer, data: TaskData, dataset: Dataset, split: str, batch_size: int
 ) -> dict[str, float]:
     """The task's metrics of ``model`` on the tokenized ``dataset`` (keys as ``compute_metrics`` names them)."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -184,7 +184,7 @@ def score(
         trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer))
         # without labels the model computes no loss (AdaLoRA's loss needs its training state): logits only
         prediction = trainer.predict(dataset.remove_columns("labels"))
-    return compute_metrics(spec, _logits(prediction), np.asarray(dataset["labels"]), split=split)
+    return compute_metrics(data.spec, _logits(prediction), np.asarray(dataset["labels"]), split=split)
 
 
 def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
@@ -220,7 +220,7 @@ def evaluate(adapter: Path, options: EvalOptions) -> dict[str, float]:
     encoded = tokenize(kept, tokenizer, info["max_seq_length"])
     scores: dict[str, float] = {}
     for name in data.validation_splits:
-        scores.update(score(model, tokenizer, spec, encoded[name], name, options.batch_size))
+        scores.update(score(model, tokenizer, data, encoded[name], name, options.batch_size))
     return scores
 
 
@@ -233,4 +233,5 @@ FAMILY = TaskFamily(
     collator=DataCollatorWithPadding,
     trainer_metrics=trainer_metrics,
     evaluate=evaluate,
+    score=score,
 )
