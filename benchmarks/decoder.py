@@ -42,6 +42,14 @@ by length): about 27 minutes of training and 5 of scoring (the validation file t
 generations) per run, about 11 CPU-hours for the 21 runs and the zero-shot row, about 6 hours on two workers (two
 invocations at once); an idle machine is faster.
 ``python benchmarks/build_report.py`` renders them (BENCHMARKS.md, "Instruction tuning on the embedded decoder").
+
+``--front``: the size-accuracy front on this decoder instead of the rows (``FRONT_*``): per seed one
+``sora schedule --task causal-lm --target-list 0.75,0.5,0.25,0.125`` run of the same data and recipe, a third of a
+row's training per stage, each stage's adapter scored on every dev file (``sora-schedule_seed<seed>.json``: the
+schedule's rows with their ``tasks`` scores), then LoRA r = 2 and 1 (r = 8 and 4 are the rows ``lora`` and
+``lora-r4``). On the 2-core machine under load a smoke run (``--records 16 4 8``, 3 steps per stage) took about a
+minute per stage; at full size a stage is 83 steps (about 9 minutes of training at 6.5 s per step), so the front is a
+GPU job: about 4 hours of CPU per seed.
 """
 
 from __future__ import annotations
@@ -112,6 +120,14 @@ ROWS: dict[str, dict[str, Any]] = {
     "sora-budget50-learned": {"method": "sora", "target_ratio": 0.5, **glue.LEARNED},
 }
 SEEDS = glue.SEEDS
+# The front on the decoder (``--front``): per seed, one `sora schedule --target-list` run through GLUE's front sizes
+# (75, 50, 25, 12.5% of the r_max=8 adapter), each stage a third of a row's training (as on GLUE: a stage is one of
+# the three epochs of a sweep run), its adapter scored on every dev file as a row's is; then the LoRA sweep's ranks
+# that ROWS lacks (r = 8 and 4 are the rows `lora` and `lora-r4`).
+SCHEDULE = "sora-schedule"
+FRONT_EPOCHS_PER_STAGE = RECIPE["epochs"] / 3
+FRONT_ROWS: dict[str, dict[str, Any]] = {"lora-r2": {"method": "lora", "r": 2}, "lora-r1": {"method": "lora", "r": 1}}
+SCHEDULE_SETTINGS = {"method": "sora", **glue.FRONT_SCHEDULE["settings"]}  # its RECIPE "epochs": per stage instead
 
 
 def run_name(label: str, seed: int | None) -> str:
@@ -303,10 +319,32 @@ class Runner(runner.Runner):
     def config(self, label: str, seed: int, out: Path) -> Any:
         from sora.train import TrainConfig
 
+        settings = {**RECIPE, **{**ROWS, **FRONT_ROWS, SCHEDULE: SCHEDULE_SETTINGS}[label]}
         return TrainConfig(
             task="causal-lm", output_dir=str(out), train_file=str(self.data / TRAIN_FILE),
-            validation_file=str(self.data / VALIDATION_FILE), seed=seed, **RECIPE, **ROWS[label],
+            validation_file=str(self.data / VALIDATION_FILE), seed=seed, **settings,
         )  # fmt: skip
+
+    def schedule_row(self, seed: int) -> bool:
+        """The front's schedule run of ``seed`` (resumable per stage), each stage's adapter scored on the dev files."""
+        name = run_name(SCHEDULE, seed)
+        cfg = self.config(SCHEDULE, seed, self.scratch / "runs" / name)
+        targets = list(glue.FRONT_TARGETS)
+        fields = {"variant": SCHEDULE, "seed": seed, "runner": f"{RUNNER} --front", "data": self.summary}
+        options = " --target-list " + ",".join(f"{t:g}" for t in targets)
+        return self.schedule_run(
+            "decoder", name, self.results / f"{name}.json", cfg, [0.5] * len(targets), FRONT_EPOCHS_PER_STAGE,
+            options, fields, targets, score_stage=lambda adapter: {"tasks": self.scores(adapter, cfg.max_seq_length)},
+        )  # fmt: skip
+
+    def scores(self, adapter: Path, max_seq_length: int) -> dict[str, dict[str, Any]]:
+        """An exported adapter, loaded once as ``causal_lm.evaluate`` loads it, scored on every dev file."""
+        from sora.run_folder import load_exported
+        from sora.tasks.causal_lm import causal_tokenizer, load_model
+
+        tokenizer = causal_tokenizer(str(adapter))
+        model = load_exported(adapter, None, lambda name: load_model(name, tokenizer))
+        return score_tasks(model, tokenizer, self.dev_files(), max_seq_length)
 
     def run_row(self, label: str, seed: int | None) -> bool:
         """Whether the run has its result (or a recorded failure: a failure is a result here, not retried), running
@@ -345,8 +383,6 @@ class Runner(runner.Runner):
         """``sora train`` with ``cfg``, then its exported adapter loaded once (as ``causal_lm.evaluate`` loads it)
         and scored on every dev file."""
         from sora.analysis import read_train_log
-        from sora.run_folder import load_exported
-        from sora.tasks.causal_lm import causal_tokenizer, load_model
         from sora.train import train
 
         metrics = train(cfg)
@@ -354,11 +390,9 @@ class Runner(runner.Runner):
         adapter = out / "adapter"
         steps = read_train_log(out / "train_log.jsonl")[-1]["step"]  # the Trainer's last row: its global step
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        tokenizer = causal_tokenizer(str(adapter))
-        model = load_exported(adapter, None, lambda name: load_model(name, tokenizer))
         return {
             **metrics,
-            "tasks": score_tasks(model, tokenizer, self.dev_files(), cfg.max_seq_length),
+            "tasks": self.scores(adapter, cfg.max_seq_length),
             "steps": steps,
             "seconds_per_step": round(metrics["seconds_per_epoch"] * cfg.epochs / steps, 4),
             "adapter_bytes": (adapter / "adapter_model.safetensors").stat().st_size,
@@ -383,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         help="records per task (default: 500 32 100); other sizes belong in another --results folder",
     )  # fmt: skip
     parser.add_argument("--results", default=str(RESULTS), help="result folder (default: benchmarks/results/decoder)")
+    parser.add_argument(
+        "--front", action="store_true", help="the front instead of the rows: per seed the schedule, then LoRA r=2, 1"
+    )
     runner.add_runner_options(parser, DEFAULT_SCRATCH)
     args = parser.parse_args(argv)
     runner.quiet_threads(args.threads)
@@ -393,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     def step() -> bool:
         complete = worker.run_row(ZERO_SHOT, None)
         for seed in args.seeds:
-            for label in args.rows:
+            if args.front:
+                complete &= worker.schedule_row(seed)
+            for label in FRONT_ROWS if args.front else args.rows:
                 complete &= worker.run_row(label, seed)
         return complete
 

@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -534,44 +533,18 @@ class Runner(runner.Runner):
         extra: dict[str, Any],
         targets: list[float] | None = None,
     ) -> bool:
-        """One resumable ``sora schedule`` run of ``TrainConfig(**settings)`` (``options``: its schedule flags on the
-        command line); True when its result exists. A stage that prunes every rank ends it with the stages done."""
-        from sora import _io
-        from sora.schedule import run_schedule
+        """One resumable ``sora schedule`` run of ``TrainConfig(**settings)`` on the embedded MiniLM
+        (:meth:`runner.Runner.schedule_run`); True when its result exists."""
         from sora.train import TrainConfig
 
         if read_result(experiment, name) is not None:
             return True
-        if self.budget.exhausted():
-            return False
-        with self.claim(experiment, name) as claimed:
-            if not claimed:
-                return False
-            out = self.scratch / experiment / name
-            glue_dir = runner.require_glue_dir(self.data_dir)
-            cfg = TrainConfig(output_dir=str(out), method="sora", data_dir=glue_dir, model=MODEL, **settings)
-            resume = (out / "schedule.json").is_file()
-            if out.exists() and not resume:
-                shutil.rmtree(out)
-            print(f"[{runner.now()}] {experiment}/{name}: start", flush=True)
-            error = None
-            try:
-                run_schedule(cfg, xis, epochs_per_stage, resume=resume, targets=targets)
-            except Exception as e:  # e.g. a stage pruned every rank: the finished stages are still a result
-                traceback.print_exc()
-                error = f"{type(e).__name__}: {e}"
-                if not (out / "schedule.json").is_file() or "pruned every rank" not in error:
-                    self.failed.append(f"{experiment}/{name}: {error}")
-                    return False
-            command = runner.command_line(cfg, self.threads).replace(" train ", " schedule ", 1)
-            command = command.replace(" --epochs 3", "") + f"{options} --epochs-per-stage {epochs_per_stage:g}"
-            saved = json.loads((out / "schedule.json").read_text(encoding="utf-8"))
-            result = {**saved, "command": command, "runner": f"python benchmarks/glue.py {experiment}",
-                      "finished": runner.now(), "machine": runner.machine(), "error": error, **extra}  # fmt: skip
-            _io.write_json(result_path(experiment, name), result)
-            shutil.copyfile(out / "curves.png", RESULTS / experiment / f"{name}_curves.png")
-            self.ran += 1
-            return True
+        cfg = TrainConfig(output_dir=str(self.scratch / experiment / name), method="sora", model=MODEL,
+                          data_dir=runner.require_glue_dir(self.data_dir), **settings)  # fmt: skip
+        fields = {"runner": f"python benchmarks/glue.py {experiment}", **extra}
+        return super().schedule_run(
+            experiment, name, result_path(experiment, name), cfg, xis, epochs_per_stage, options, fields, targets
+        )
 
     def front(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
         """The front: per seed and task, one ``sora schedule --target-list`` run (``FRONT_SCHEDULE``), then the

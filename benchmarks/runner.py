@@ -198,6 +198,64 @@ class Runner:
             print(f"[{now()}] {key}: {run.summary(result)}", flush=True)
             return result
 
+    def schedule_run(
+        self,
+        experiment: str,
+        name: str,
+        result: Path,
+        cfg: Any,
+        xis: list[float],
+        epochs_per_stage: float,
+        options: str,
+        fields: dict[str, Any],
+        targets: list[float] | None = None,
+        score_stage: Callable[[Path], dict[str, Any]] | None = None,
+    ) -> bool:
+        """One resumable ``sora schedule`` run of ``cfg`` (a ``TrainConfig``; ``options``: its schedule flags on the
+        command line), claimed as ``experiment``/``name``; True when its ``result`` file exists. The result:
+        ``schedule.json``, the command, ``fields``, the machine, and per stage what ``score_stage`` gives for the
+        stage's adapter folder. A stage that prunes every rank ends it with the stages done; the schedule's curves go
+        beside the result."""
+        from sora import _io
+        from sora.schedule import run_schedule
+
+        if result.is_file():
+            return True
+        if self.budget.exhausted():
+            return False
+        with self.claim(experiment, name) as claimed:
+            if not claimed:
+                return False
+            out = Path(cfg.output_dir)
+            resume = (out / "schedule.json").is_file()
+            if out.exists() and not resume:
+                shutil.rmtree(out)
+            print(f"[{now()}] {experiment}/{name}: start", flush=True)
+            error = None
+            try:
+                run_schedule(cfg, xis, epochs_per_stage, resume=resume, targets=targets)
+            except Exception as e:  # e.g. a stage pruned every rank: the finished stages are still a result
+                traceback.print_exc()
+                error = f"{type(e).__name__}: {e}"
+                if not (out / "schedule.json").is_file() or "pruned every rank" not in error:
+                    self.failed.append(f"{experiment}/{name}: {error}")
+                    return False
+            command = command_line(cfg, self.threads).replace(" train ", " schedule ", 1)
+            command = command.replace(f" --epochs {cfg.epochs:g}", "")
+            epochs = f"{epochs_per_stage:g}"  # e.g. 1, but 1/3 in full: the command must train the same steps
+            epochs = epochs if float(epochs) == epochs_per_stage else repr(epochs_per_stage)
+            command += f"{options} --epochs-per-stage {epochs}"
+            saved = json.loads((out / "schedule.json").read_text(encoding="utf-8"))
+            if score_stage is not None:
+                for row in saved["stages"]:
+                    row.update(score_stage(out / "adapters" / f"stage_{row['stage']}"))
+            record = {**saved, "command": command, "finished": now(), "machine": machine(), "error": error, **fields}
+            _io.write_json(result, record)
+            shutil.copyfile(out / "curves.png", result.with_name(f"{name}_curves.png"))
+            self.ran += 1
+            print(f"[{now()}] {experiment}/{name}: {len(saved['stages'])} stages", flush=True)
+            return True
+
     @contextmanager
     def claim(self, experiment: str, name: str) -> Iterator[bool]:
         """Hold the lock of ``experiment``/``name`` for the block (False: another live worker holds it)."""

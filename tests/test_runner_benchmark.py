@@ -157,3 +157,42 @@ def test_a_decoder_row_records_its_fields_and_a_failure(tmp_path, monkeypatch):
     assert record["command"].startswith("OMP_NUM_THREADS=1 sora train --task causal-lm --method lora --output-dir ")
     assert record["command"].endswith(" --epochs 1 --batch-size 8 --max-seq-length 192 --seed 0")
     assert not (tmp_path / "decoder" / "lora_seed0.json").exists()
+
+
+def test_a_schedule_run_records_its_command_and_each_stage_s_scores_once(tmp_path, glue_dir):
+    """runner's schedule run (glue.py's and decoder.py's front): a real 2-stage `sora schedule --target-list` on 32
+    RTE pairs; the result is schedule.json with the `sora schedule` command that reproduces it, the caller's fields
+    and per stage what ``score_stage`` gave for its adapter; the curves land beside it; a second call trains nothing."""
+    from sora.train import TrainConfig
+
+    worker = runner.Runner(_args(tmp_path, data_dir=str(glue_dir)))
+    sizes = {"max_train_samples": 32, "max_eval_samples": 16, "max_seq_length": 32, "batch_size": 16}
+    cfg = TrainConfig("rte", str(tmp_path / "scratch" / "s"), data_dir=str(glue_dir), seed=0, gate_init=1.0, **sizes)
+    result = tmp_path / "results" / "rte_s.json"
+    scored = []
+
+    def score_stage(adapter):
+        scored.append(adapter.name)
+        return {"adapter_files": sorted(p.name for p in adapter.glob("adapter_*"))}
+
+    args = ("front", "rte_s", result, cfg, [0.5, 0.5], 1.0, " --target-list 0.75,0.25", {"runner": "me"}, [0.75, 0.25])
+    assert worker.schedule_run(*args, score_stage=score_stage)
+    record = json.loads(result.read_text())
+    assert record["command"] == (
+        f"OMP_NUM_THREADS=1 sora schedule --task rte --method sora --output-dir {cfg.output_dir} --data-dir {glue_dir} "
+        "--gate-init 1 --batch-size 16 --max-seq-length 32 --seed 0 --max-train-samples 32 --max-eval-samples 16 "
+        "--target-list 0.75,0.25 --epochs-per-stage 1"
+    )
+    assert record["runner"] == "me" and record["targets"] == [0.75, 0.25] and record["error"] is None
+    assert scored == ["stage_1", "stage_2"]
+    assert [s["adapter_files"] for s in record["stages"]] == [["adapter_config.json", "adapter_model.safetensors"]] * 2
+    assert result.with_name("rte_s_curves.png").is_file()
+    assert worker.schedule_run(*args, score_stage=score_stage) and scored == ["stage_1", "stage_2"] and worker.ran == 1
+
+
+def test_the_decoder_front_schedules_at_glue_s_sizes_a_third_of_a_row_per_stage(tmp_path):
+    worker = decoder.Runner(_args(tmp_path, results=str(tmp_path / "decoder"), records=[4, 2, 3]))
+    cfg = worker.config(decoder.SCHEDULE, 1, tmp_path / "s")
+    assert (cfg.method, cfg.task, cfg.seed, cfg.gate_init) == ("sora", "causal-lm", 1, glue.LEARNED["gate_init"])
+    assert decoder.FRONT_EPOCHS_PER_STAGE * 3 == decoder.RECIPE["epochs"] == cfg.epochs
+    assert [worker.config(label, 0, tmp_path).r for label in decoder.FRONT_ROWS] == [2, 1]
