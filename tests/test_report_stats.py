@@ -223,6 +223,18 @@ def test_front_pairs_each_schedule_stage_with_lora_of_its_size(tmp_path):
     assert "4 epochs against 12 (0.33 of the optimizer steps); measured time 0.50, 0.50, 0.50" in text
     # the size each curve picks, the smallest within 1 point of its best: the stages 89, 88, 83, 82; LoRA 90, 89, 88, 87
     assert "seed 0: the schedule 50% (88.0), the sweep r=4 (89.0)" in text
+    assert front._reach_text(front._task_front("sst2", runs, schedules)) == (
+        "behind at 75% -1.0 ± 0.0, 50% -1.0 ± 0.0, 25% -5.0 ± 0.0, 12.5% -5.0 ± 0.0"
+    )
+
+
+def test_the_reach_phrase_sorts_sizes_by_their_verdict():
+    reach = [("75%", BEHIND), ("50%", WITHIN), ("25%", AHEAD), ("12.5%", [1.5])]
+    assert front._reach_text(front._TaskFront("sst2", {}, reach=reach)) == (
+        "ahead at 25% +3.0 ± 2.5; within noise at 50% +2.0 ± 2.5; behind at 75% -3.0 ± 2.5; "
+        "one seed so far at 12.5% +1.5"
+    )
+    assert front._reach_text(front._TaskFront("sst2", {})) == "no paired LoRA run yet"
 
 
 def test_pattern_rows_pair_each_rank_pattern_with_uniform_lora_of_its_seed():

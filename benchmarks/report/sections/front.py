@@ -13,7 +13,7 @@ import glue
 
 from ..load import FIGURES, ROOT, Results, Runs, load, score
 from ..markdown import METRIC_NAMES, TASK_NAMES, fmt_ms, fmt_params, rel, table
-from ..stats import gap_text, gap_word
+from ..stats import gap_text, gap_word, half_width
 
 SCHEDULE = "sora-schedule"  # the front's schedule runs: glue.run_name(task, SCHEDULE, RANK, seed)
 # Each line of the front: (name, [(method label, rank), ...] from the largest size to the smallest). The sweep's r=8 is
@@ -185,16 +185,16 @@ def _picks_text(front: _TaskFront) -> str:
 
 
 def _reach_text(front: _TaskFront) -> str:
-    """The verdict per size in one phrase: the sizes reached (within noise or ahead), those behind with their gap."""
+    """The verdict per size in one phrase: the sizes grouped by their word (ahead / within noise / behind LoRA of
+    that size, or one paired seed so far), each with its mean gap and the 95% half-width."""
     if not front.reach:
         return "no paired LoRA run yet"
-    words = {size: gap_word(gaps) for size, gaps in front.reach}
-    if all(w == "one seed only" for w in words.values()):
-        return "one seed only, " + ", ".join(f"{size} {statistics.fmean(g):+.1f}" for size, g in front.reach)
-    reached = [size for size, w in words.items() if w in ("within noise", "ahead")]
-    behind = [f"{size} ({gap_text(g)})" for size, g in front.reach if words[size] == "behind"]
-    parts = [f"reaches LoRA at {', '.join(reached)}" if reached else "reaches LoRA at no size"]
-    return "; ".join(parts + ([f"behind at {', '.join(behind)}"] if behind else []))
+    groups: dict[str, list[str]] = {"ahead": [], "within noise": [], "behind": [], "one seed only": []}
+    for size, gaps in front.reach:
+        word, mean = gap_word(gaps), statistics.fmean(gaps)
+        groups[word].append(f"{size} {mean:+.1f}" + ("" if len(gaps) < 2 else f" ± {half_width(gaps):.1f}"))
+    names = {"one seed only": "one seed so far"}
+    return "; ".join(f"{names.get(word, word)} at {', '.join(sizes)}" for word, sizes in groups.items() if sizes)
 
 
 def _fronts(runs: Runs, schedules: Runs) -> list[_TaskFront]:
@@ -300,7 +300,7 @@ def readme_block(res: Results) -> str | None:
         sweep = ", ".join(b for _, _, (b, _) in f.picks)
         lines.append(
             f"- {TASK_NAMES[f.task]}: {_reach_text(f)}"
-            + (f"; it picks {picks}, the sweep {sweep}" if f.picks else "")
+            + (f"; picks {picks} (the sweep: {sweep})" if f.picks else "")
             + (f"; LoRA r=1 − r=8: {statistics.fmean(flat):+.1f}" if flat else "")
             + "."
         )
