@@ -47,9 +47,10 @@ invocations at once); an idle machine is faster.
 ``sora schedule --task causal-lm --target-list 0.75,0.5,0.25,0.125`` run of the same data and recipe, a third of a
 row's training per stage, each stage's adapter scored on every dev file (``sora-schedule_seed<seed>.json``: the
 schedule's rows with their ``tasks`` scores), then LoRA r = 2 and 1 (r = 8 and 4 are the rows ``lora`` and
-``lora-r4``). On the 2-core machine under load a smoke run (``--records 16 4 8``, 3 steps per stage) took about a
-minute per stage; at full size a stage is 83 steps (about 9 minutes of training at 6.5 s per step), so the front is a
-GPU job: about 4 hours of CPU per seed.
+``lora-r4``). On the 2-core machine beside two GLUE runs, a smoke run (``--seeds 0 --records 16 4 8``: 3 steps per
+stage) took 20 minutes: the schedule 12 (about 1 minute of training and 1.5 of scoring per stage), each LoRA row 4.
+At full size a stage is 84 steps (about 9 minutes of training at 6.5 s per step), a seed's front about 4 hours of CPU:
+a GPU job.
 """
 
 from __future__ import annotations
