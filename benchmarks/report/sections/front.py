@@ -300,7 +300,7 @@ def readme_block(res: Results) -> str | None:
         sweep = ", ".join(b for _, _, (b, _) in f.picks)
         lines.append(
             f"- {TASK_NAMES[f.task]}: {_reach_text(f)}"
-            + (f"; picks {picks} (the sweep: {sweep})" if f.picks else "")
+            + (f"; picks per seed {picks} (the sweep: {sweep})" if f.picks else "")
             + (f"; LoRA r=1 − r=8: {statistics.fmean(flat):+.1f}" if flat else "")
             + "."
         )
