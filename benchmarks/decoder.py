@@ -45,12 +45,12 @@ invocations at once); an idle machine is faster.
 
 ``--front``: the size-accuracy front on this decoder instead of the rows (``FRONT_*``): per seed one
 ``sora schedule --task causal-lm --target-list 0.75,0.5,0.25,0.125`` run of the same data and recipe, a third of a
-row's training per stage, each stage's adapter scored on every dev file (``sora-schedule_seed<seed>.json``: the
-schedule's rows with their ``tasks`` scores), then LoRA r = 2 and 1 (r = 8 and 4 are the rows ``lora`` and
-``lora-r4``). On the 2-core machine beside two GLUE runs, a smoke run (``--seeds 0 --records 16 4 8``: 3 steps per
-stage) took 20 minutes: the schedule 12 (about 1 minute of training and 1.5 of scoring per stage), each LoRA row 4.
-At full size a stage is 84 steps (about 9 minutes of training at 6.5 s per step), a seed's front about 4 hours of CPU:
-a GPU job.
+row's training per stage, each stage's adapter scored on every dev file, then LoRA r = 2 and 1 (r = 8 and 4 are the
+rows ``lora`` and ``lora-r4``); results in ``benchmarks/results/decoder-front/`` (``sora-schedule_seed<seed>.json``:
+the schedule's rows with their ``tasks`` scores; the zero-shot row again, as every invocation runs it first). On the
+2-core machine beside two GLUE runs, a smoke run (``--seeds 0 --records 16 4 8``: 3 steps per stage) took 20 minutes:
+the schedule 12 (about 1 minute of training and 1.5 of scoring per stage), each LoRA row 4. At full size a stage is
+84 steps (about 9 minutes of training at 6.5 s per step), a seed's front about 4 hours of CPU: a GPU job.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ import runner  # the shared runner: run claims, records, the machine, the comman
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "decoder"
+FRONT_RESULTS = ROOT / "benchmarks" / "results" / "decoder-front"  # --front's results
 DEFAULT_SCRATCH = "/tmp/sora-bench/decoder"
 RUNNER = "python benchmarks/decoder.py"
 EXPERIMENT = "decoder"  # the lock folder under <scratch>/locks/
@@ -304,7 +305,7 @@ class Runner(runner.Runner):
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
-        self.results = Path(args.results)
+        self.results = Path(args.results or (FRONT_RESULTS if args.front else RESULTS))
         self.sizes = Sizes(*args.records)
         self.data = self.scratch / "data" / "-".join(map(str, astuple(self.sizes)))
         self.summary: dict[str, Any] = {}
@@ -417,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         "--records", type=int, nargs=3, metavar=("TRAIN", "VALIDATION", "DEV"), default=list(astuple(Sizes())),
         help="records per task (default: 500 32 100); other sizes belong in another --results folder",
     )  # fmt: skip
-    parser.add_argument("--results", default=str(RESULTS), help="result folder (default: benchmarks/results/decoder)")
+    parser.add_argument(
+        "--results", default=None, help="result folder (default: benchmarks/results/decoder; --front: decoder-front)"
+    )
     parser.add_argument(
         "--front", action="store_true", help="the front instead of the rows: per seed the schedule, then LoRA r=2, 1"
     )

@@ -138,7 +138,7 @@ def test_glue_asks_for_the_data_only_when_a_run_trains(tmp_path, monkeypatch):
 
 
 def test_a_decoder_row_records_its_fields_and_a_failure(tmp_path, monkeypatch):
-    worker = decoder.Runner(_args(tmp_path, results=str(tmp_path / "decoder"), records=[4, 2, 3]))
+    worker = decoder.Runner(_args(tmp_path, results=str(tmp_path / "decoder"), records=[4, 2, 3], front=False))
     worker.summary = {"records": "the data"}
     monkeypatch.setattr(worker, "zero_shot", lambda: {"tasks": {"sst2": {"loss": 1.0}}})
     assert worker.run_row(decoder.ZERO_SHOT, None)
@@ -191,7 +191,7 @@ def test_a_schedule_run_records_its_command_and_each_stage_s_scores_once(tmp_pat
 
 
 def test_the_decoder_front_schedules_at_glue_s_sizes_a_third_of_a_row_per_stage(tmp_path):
-    worker = decoder.Runner(_args(tmp_path, results=str(tmp_path / "decoder"), records=[4, 2, 3]))
+    worker = decoder.Runner(_args(tmp_path, results=str(tmp_path / "decoder"), records=[4, 2, 3], front=False))
     cfg = worker.config(decoder.SCHEDULE, 1, tmp_path / "s")
     assert (cfg.method, cfg.task, cfg.seed, cfg.gate_init) == ("sora", "causal-lm", 1, glue.LEARNED["gate_init"])
     assert decoder.FRONT_EPOCHS_PER_STAGE * 3 == decoder.RECIPE["epochs"] == cfg.epochs

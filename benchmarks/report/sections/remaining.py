@@ -57,6 +57,18 @@ def remaining(t1, t2, speed, schedules, long, decoder_done: int) -> str:
             f"- Instruction tuning on the embedded decoder: {decoder_jobs - decoder_done} of {decoder_jobs} runs not "
             f"run: `{decoder.RUNNER}`"
         )
+    front = load("front")
+    front_jobs = [glue.run_name(t, label, r, s) for s in seeds for t in glue.FRONT_TASKS
+                  for label, r in (("sora-schedule", glue.RANK), *((m, r) for g in glue.FRONT_GROUPS for m, r, _ in g),
+                                   *((m, r) for m, r, _ in glue.FRONT_PATTERNS))]  # fmt: skip
+    if front_missing := [n for n in front_jobs if n not in front]:
+        todo.append(f"- The front: {len(front_missing)} of {len(front_jobs)} runs not run (e.g. "
+                    f"{', '.join(front_missing[:3])}): `python benchmarks/glue.py front`")  # fmt: skip
+    decoder_front = load(decoder.FRONT_RESULTS.name, root=decoder.FRONT_RESULTS.parent)
+    front_rows = [decoder.run_name(label, s) for s in seeds for label in (decoder.SCHEDULE, *decoder.FRONT_ROWS)]
+    if missing := [n for n in front_rows if n not in decoder_front]:
+        todo.append(f"- The front on the embedded decoder: {len(missing)} of {len(front_rows)} runs not run: "
+                    f"`{decoder.RUNNER} --front` (a GPU job: about 4 CPU-hours per seed)")  # fmt: skip
     if len(load("epochs")) < len(glue.EPOCH_RUNS):
         todo.append("- Longer runs of AdaLoRA on MRPC: `python benchmarks/glue.py epochs`")
     if len(load("head")) < len(glue.HEAD_RERUNS):
