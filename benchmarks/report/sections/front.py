@@ -296,11 +296,11 @@ def readme_block(res: Results) -> str | None:
             for seed in f.schedules
             if glue.run_name(f.task, "lora", 1, seed) in runs and glue.run_name(f.task, "lora", 8, seed) in runs
         ]
-        picks = ", ".join(a for _, (a, _), _ in f.picks)
-        sweep = ", ".join(b for _, _, (b, _) in f.picks)
+        picks = ", ".join(f"{a} at {sa:.1f}" for _, (a, sa), _ in f.picks)
+        sweep = ", ".join(f"{b} at {sb:.1f}" for _, _, (b, sb) in f.picks)
         lines.append(
             f"- {TASK_NAMES[f.task]}: {_reach_text(f)}"
-            + (f"; picks per seed {picks} (the sweep: {sweep})" if f.picks else "")
+            + (f"; it picks per seed {picks}, the sweep {sweep}" if f.picks else "")
             + (f"; LoRA r=1 − r=8: {statistics.fmean(flat):+.1f}" if flat else "")
             + "."
         )
