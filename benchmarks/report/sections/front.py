@@ -225,11 +225,7 @@ def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FI
                 f"names it): {_picks_text(front)}."
             )
         blocks.append(block)
-        words = "; ".join(
-            f"{size}: {gap_word(g)} ({statistics.fmean(g):+.1f}, {len(g)} seed{'s' if len(g) > 1 else ''})"
-            for size, g in front.reach
-        )
-        verdicts.append(f"- {TASK_NAMES[task]}: {words or 'no paired LoRA run yet'}.")
+        verdicts.append(f"- {TASK_NAMES[task]}: {_reach_text(front)}.")
     return "\n\n".join(blocks), verdicts
 
 
@@ -245,9 +241,8 @@ def pattern_section(runs: Runs) -> str | None:
         ),
         ("SoRA at 50%, its own training", "sora-budget50-const-contribution", glue.RANK),
     ]
-    rows = []
+    rows, patterns = [], {label for label, _, _ in glue.FRONT_PATTERNS}
     for task in glue.FRONT_TASKS:
-        patterns = {label for label, _, _ in glue.FRONT_PATTERNS}
         if not any(r["task"] == task and r["method"] in patterns for r in runs.values()):
             continue
         uniform = {seed: x for seed in glue.SEEDS if (x := runs.get(glue.run_name(task, "lora", uniform_r, seed)))}
