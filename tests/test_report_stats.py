@@ -214,7 +214,11 @@ def test_front_pairs_each_schedule_stage_with_lora_of_its_size(tmp_path):
                            "command": "sora schedule ..."}  # fmt: skip
     text, verdicts = front.front_section(runs, schedules, tmp_path, figures=tmp_path)
     assert (tmp_path / "front_sst2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert verdicts == ["- SST-2: behind at 75% -1.0 ± 0.0, 50% -1.0 ± 0.0, 25% -5.0 ± 0.0, 12.5% -5.0 ± 0.0."]
+    assert verdicts == [
+        "- SST-2: behind at 75% -1.0 ± 0.0, 50% -1.0 ± 0.0, 25% -5.0 ± 0.0, 12.5% -5.0 ± 0.0.",
+        "- The mean gap over the tasks (each task's mean over its seeds): 75% -1.0 (1 task), 50% -1.0 (1 task), "
+        "25% -5.0 (1 task), 12.5% -5.0 (1 task).",
+    ]
     row = next(line for line in text.splitlines() if line.startswith("| 25% (LoRA r=2)"))
     assert row.replace(" ", "").split("|")[2:5] == ["82.9K", "83.0,83.1,83.2", "88.0,88.1,88.2"], row
     assert "4 epochs against 12 (0.33 of the optimizer steps); measured time 0.50, 0.50, 0.50" in text

@@ -205,8 +205,8 @@ def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FI
     """The tables and plots (into ``figures``) per task, and the verdict lines."""
     from sora.schedule import PICK_WITHIN
 
-    blocks, verdicts = [], []
-    for front in _fronts(runs, schedules):
+    blocks, verdicts, fronts = [], [], _fronts(runs, schedules)
+    for front in fronts:
         task, first = front.task, next(iter(front.schedules.values()))
         seeds = sorted({r["seed"] for r in runs.values() if r["task"] == task} | set(front.schedules))
         png = _plot(task, _lines(task, runs, schedules, seeds), first["primary_metric"], figures / f"front_{task}.png")
@@ -226,6 +226,18 @@ def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FI
             )
         blocks.append(block)
         verdicts.append(f"- {TASK_NAMES[task]}: {_reach_text(front)}.")
+    sizes: dict[str, list[float]] = {}
+    for front in fronts:
+        for size, gaps in front.reach:
+            sizes.setdefault(size, []).append(statistics.fmean(gaps))
+    if sizes:
+        verdicts.append(
+            "- The mean gap over the tasks (each task's mean over its seeds): "
+            + ", ".join(
+                f"{size} {statistics.fmean(g):+.1f} ({len(g)} task{'s' * (len(g) > 1)})" for size, g in sizes.items()
+            )
+            + "."
+        )
     return "\n\n".join(blocks), verdicts
 
 
