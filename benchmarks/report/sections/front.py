@@ -333,8 +333,8 @@ def readme_block(res: Results) -> str | None:
             "",
             "What a schedule gives is the curve and the size read off it in one run, not a better adapter at a size: "
             "neither SoRA's allocation nor AdaLoRA's has beaten a uniform LoRA of the same size on our GLUE runs "
-            "(Equal budget), and on these tasks LoRA loses little from r=8 to r=1 (above). The runs, the other "
-            "methods on the same plot and the commands: "
+            "(Equal budget); what LoRA loses from r=8 to r=1 is on each line above. The runs, the other methods on "
+            "the same plot and the commands: "
             "[BENCHMARKS.md](BENCHMARKS.md#the-front-one-schedule-run-against-the-lora-rank-sweep).",
             README_MARKERS[1],
         ]
