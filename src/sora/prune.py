@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
 
 from ._io import atomic_write
@@ -74,10 +74,13 @@ def prune(model: PeftModel) -> PeftModel:
     """
     pruned = _pruned_factors(model, "prune")
     config = pruned_config(model, {n: a.shape[0] for n, (a, _) in pruned.items()})
+    # The trained modules_to_save (heads), as PEFT saves them: PEFT 0.22's unload() restores their original modules
+    heads = {k: v.clone() for k, v in get_peft_model_state_dict(model).items() if ".lora_" not in k}
     detach_bank(model.get_base_model())
     base = model.unload()
     with torch.random.fork_rng(devices=[]), quiet_peft():  # PEFT's init of the new layers must not move the RNG
         result = get_peft_model(base, config)
+    set_peft_model_state_dict(result, heads)
     inner = result.get_base_model()
     for name, (a, b) in pruned.items():
         layer = inner.get_submodule(name)
