@@ -22,7 +22,7 @@ from ._io import atomic_write
 from .bank import detach_bank
 from .errors import SoraError
 from .model import quiet_peft
-from .modules import gated_modules
+from .modules import gated_modules, is_sharded
 
 _GATED_KEYS = ("lora_A.weight", "lora_A.sora_gate", "lora_B.weight")  # a SoRA module's keys in PEFT's state dict
 
@@ -74,13 +74,17 @@ def prune(model: PeftModel) -> PeftModel:
     """
     pruned = _pruned_factors(model, "prune")
     config = pruned_config(model, {n: a.shape[0] for n, (a, _) in pruned.items()})
-    # The trained modules_to_save (heads), as PEFT saves them: PEFT 0.22's unload() restores their original modules
-    heads = {k: v.clone() for k, v in get_peft_model_state_dict(model).items() if ".lora_" not in k}
+    # The trained modules_to_save (heads), as PEFT saves them: PEFT 0.22's unload() restores their original modules.
+    # An FSDP model keeps what unload() leaves (loading a state dict there re-shards every parameter; FSDP is tested
+    # with PEFT 0.21, whose unload() keeps the trained heads).
+    sharded = any(is_sharded(p) for p in model.parameters())
+    heads = {} if sharded else {k: v.clone() for k, v in get_peft_model_state_dict(model).items() if ".lora_" not in k}
     detach_bank(model.get_base_model())
     base = model.unload()
     with torch.random.fork_rng(devices=[]), quiet_peft():  # PEFT's init of the new layers must not move the RNG
         result = get_peft_model(base, config)
-    set_peft_model_state_dict(result, heads)
+    if heads:
+        set_peft_model_state_dict(result, heads)
     inner = result.get_base_model()
     for name, (a, b) in pruned.items():
         layer = inner.get_submodule(name)
