@@ -548,8 +548,9 @@ class Runner(runner.Runner):
 
     def front(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
         """The front: per seed and task, one ``sora schedule --target-list`` run (``FRONT_SCHEDULE``), then the
-        ``FRONT_GROUPS`` runs at the Defaults recipe (the schedule's steps and seconds are in its result), then the
-        ``FRONT_PATTERNS`` runs once their source runs exist."""
+        ``FRONT_GROUPS`` runs at the Defaults recipe (the schedule's steps and seconds are in its result); after each
+        group, the ``FRONT_PATTERNS`` runs whose source runs exist (SoRA's pattern comes from an older experiment, so
+        it runs before EVA's group)."""
         complete = True
         cells = [(seed, task) for seed in seeds for task in FRONT_TASKS if not tasks or task in tasks]
         for group_index, group in enumerate(FRONT_GROUPS):
@@ -567,6 +568,12 @@ class Runner(runner.Runner):
                 for label, r, extra in group:
                     got = self.run("front", task, label, seed, r=r, common={}, max_train_samples=samples, **extra)
                     complete &= got is not None
+            patterns_complete = self._front_patterns(cells)
+        return complete and patterns_complete
+
+    def _front_patterns(self, cells: list[tuple[int, str]]) -> bool:
+        """The ``FRONT_PATTERNS`` runs of these (seed, task) cells whose source run exists; True when all are done."""
+        complete = True
         for seed, task in cells:
             for label, r, (experiment, source, source_r) in FRONT_PATTERNS:
                 found = result_path(experiment, run_name(task, source, source_r, seed))
