@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, ModulesToSaveWrapper, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from ._io import atomic_write
 from .bank import detach_bank
 from .errors import SoraError
 from .model import quiet_peft
-from .modules import gated_modules, is_sharded
+from .modules import gated_modules
 
 _GATED_KEYS = ("lora_A.weight", "lora_A.sora_gate", "lora_B.weight")  # a SoRA module's keys in PEFT's state dict
 
@@ -74,17 +74,15 @@ def prune(model: PeftModel) -> PeftModel:
     """
     pruned = _pruned_factors(model, "prune")
     config = pruned_config(model, {n: a.shape[0] for n, (a, _) in pruned.items()})
-    # The trained modules_to_save (heads), as PEFT saves them: PEFT 0.22's unload() restores their original modules.
-    # An FSDP model keeps what unload() leaves (loading a state dict there re-shards every parameter; FSDP is tested
-    # with PEFT 0.21, whose unload() keeps the trained heads).
-    sharded = any(is_sharded(p) for p in model.parameters())
-    heads = {} if sharded else {k: v.clone() for k, v in get_peft_model_state_dict(model).items() if ".lora_" not in k}
+    # The trained modules_to_save (heads) stay: PEFT 0.22's unload() puts a wrapper's original module back (0.21's
+    # its trained copy), so the trained copy becomes the original one first.
+    for wrapper in model.modules():
+        if isinstance(wrapper, ModulesToSaveWrapper) and wrapper.active_adapters:
+            wrapper.original_module = wrapper.modules_to_save[wrapper.active_adapter]
     detach_bank(model.get_base_model())
     base = model.unload()
     with torch.random.fork_rng(devices=[]), quiet_peft():  # PEFT's init of the new layers must not move the RNG
         result = get_peft_model(base, config)
-    if heads:
-        set_peft_model_state_dict(result, heads)
     inner = result.get_base_model()
     for name, (a, b) in pruned.items():
         layer = inner.get_submodule(name)
