@@ -226,6 +226,46 @@ def test_front_pairs_each_schedule_stage_with_lora_of_its_size(tmp_path):
     assert "seed 0: the schedule 50% (88.0), the sweep r=4 (89.0)" in text
 
 
+def test_front_sets_each_other_method_against_lora_of_each_stage_size(tmp_path):
+    """AdaLoRA, EVA and SoRA single budgets, each against LoRA of a stage's size, paired by seed: AdaLoRA 2 points
+    under LoRA at every rank, EVA level where it ran (r=4, 2, 1; it has no r=6), the single budgets only at 50% and
+    below (their labels); a method with no run of a size gets "—". The verdict gives each method's mean gap."""
+    runs, schedules = {}, {}
+    for seed in glue.SEEDS:
+        for method, r, value in (
+            *(("lora", r, 88.0) for r in (8, 6, 4, 2, 1)),
+            *(("adalora", r, 86.0) for r in (6, 4, 2, 1)),
+            *(("eva", r, 88.0) for r in (4, 2, 1)),
+            ("sora-budget50-const-contribution", glue.RANK, 87.0),
+            ("sora-budget25-const-contribution", glue.RANK, 89.0),
+        ):
+            name, result = _run("mrpc", method, r, seed, value + 0.1 * seed + (0.01 * seed if method != "lora" else 0))
+            runs[name] = {**result, "nonzero_params": 41472 * r, "seconds_per_epoch": 1.0,
+                          "hyperparameters": {"r": r, "epochs": 3.0}}  # fmt: skip
+        stages = [
+            {"nonzero_params": 41472 * round(8 * t), "seconds": 1.0, "dev": {"m": 0.88}} for t in glue.FRONT_TARGETS
+        ]
+        schedules[glue.run_name("mrpc", front.SCHEDULE, glue.RANK, seed)] = {
+            "task": "mrpc", "primary_metric": "m", "stages": stages, "epochs_per_stage": 1.0, "command": "c",
+        }  # fmt: skip
+    text, verdicts = front.front_section(runs, schedules, tmp_path, figures=tmp_path)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[6:9]] for line in text.splitlines()
+            if line.startswith("| ") and "%" in line}  # fmt: skip
+    assert rows["75% (LoRA r=6)"][1:] == ["—", "—"], rows
+    assert rows["50% (LoRA r=4)"] == [
+        "-2.0 ± 0.0 (behind, 3 seeds)", "+0.0 ± 0.0 (within noise, 3 seeds)", "-1.0 ± 0.0 (behind, 3 seeds)"
+    ], rows  # fmt: skip
+    assert rows["12.5% (LoRA r=1)"][2] == "—", rows
+    assert verdicts[-3:] == [
+        "- AdaLoRA against LoRA of each size, the mean gap over the tasks: "
+        "75% -2.0 (1 task), 50% -2.0 (1 task), 25% -2.0 (1 task), 12.5% -2.0 (1 task).",
+        "- EVA against LoRA of each size, the mean gap over the tasks: 50% +0.0 (1 task), 25% +0.0 (1 task), "
+        "12.5% +0.0 (1 task).",
+        "- SoRA single budget against LoRA of each size, the mean gap over the tasks: 50% -1.0 (1 task), "
+        "25% +1.0 (1 task).",
+    ]
+
+
 def test_the_reach_phrase_sorts_sizes_by_their_verdict():
     reach = [("75%", BEHIND), ("50%", WITHIN), ("25%", AHEAD), ("12.5%", [1.5])]
     assert front._reach_text(front._TaskFront("sst2", {}, reach=reach)) == (

@@ -33,6 +33,19 @@ SWEEPS = (
     ),
 )
 LORA_SWEEP = (8, 4, 2, 1)  # the four runs one schedule replaces
+# The other methods at a schedule stage's size, each against LoRA of that size: (name, method label at a size ratio;
+# None where the method has no run of that size: EVA runs the sweep's ranks, SoRA single budgets 50% and below).
+RIVALS = (
+    ("AdaLoRA", lambda ratio: ("adalora", _stage_rank(ratio))),
+    ("EVA", lambda ratio: ("eva", r) if (r := _stage_rank(ratio)) in LORA_SWEEP else None),
+    (
+        "SoRA single budget",
+        lambda ratio: (f"sora-budget{int(100 * ratio)}-const-contribution", glue.RANK) if ratio <= 0.5 else None,
+    ),
+)
+
+COLUMNS = ["size", "schedule parameters", "schedule dev", "LoRA sweep dev", "schedule − LoRA",
+           *(f"{name} − LoRA" for name, _ in RIVALS)]  # fmt: skip
 
 
 def _stage_rank(ratio: float) -> int:
@@ -125,6 +138,7 @@ class _TaskFront:
     schedules: dict[int, dict[str, Any]]  # seed -> the schedule run
     rows: list[list[str]] = field(default_factory=list)  # the table
     reach: list[tuple[str, list[float]]] = field(default_factory=list)  # (size, per-seed stage - LoRA gaps)
+    rivals: dict[str, list[tuple[str, list[float]]]] = field(default_factory=dict)  # RIVALS' (size, gaps to LoRA)
     epochs: set[tuple[float, float]] = field(default_factory=set)  # (the schedule's epochs, the sweep's)
     time_ratios: list[float] = field(default_factory=list)  # per seed: the schedule's seconds / the sweep's
     picks: list[tuple[int, tuple[str, float], tuple[str, float]]] = field(default_factory=list)  # seed, mine, sweep's
@@ -144,17 +158,28 @@ def _task_front(task: str, runs: Runs, schedules: Runs) -> _TaskFront:
             continue
         lora = {seed: x for seed in stage if (x := runs.get(glue.run_name(task, "lora", rank, seed)))}
         gaps = [_stage_score(stage[seed], k) - score(x) for seed, x in lora.items()]
-        front.rows.append(
-            [
-                f"{_size(ratio)} (LoRA r={rank})",
-                fmt_params(statistics.fmean(s["stages"][k]["nonzero_params"] for s in stage.values())),
-                ", ".join(f"{_stage_score(s, k):.1f}" for s in stage.values()),
-                ", ".join(f"{score(x):.1f}" for x in lora.values()) or "—",
-                gap_text(gaps) if gaps else "—",
-            ]
-        )
+        row = [
+            f"{_size(ratio)} (LoRA r={rank})",
+            fmt_params(statistics.fmean(s["stages"][k]["nonzero_params"] for s in stage.values())),
+            ", ".join(f"{_stage_score(s, k):.1f}" for s in stage.values()),
+            ", ".join(f"{score(x):.1f}" for x in lora.values()) or "—",
+            gap_text(gaps) if gaps else "—",
+        ]
         if gaps:
             front.reach.append((_size(ratio), gaps))
+        for name, at in RIVALS:
+            method = at(ratio)
+            rival = [
+                score(x) - score(base)
+                for seed in glue.SEEDS
+                if method
+                and (x := runs.get(glue.run_name(task, *method, seed)))
+                and (base := runs.get(glue.run_name(task, "lora", rank, seed)))
+            ]
+            row.append(gap_text(rival) if rival else "—")
+            if rival:
+                front.rivals.setdefault(name, []).append((_size(ratio), rival))
+        front.rows.append(row)
     for seed, s in mine.items():
         sweep = [runs.get(glue.run_name(task, "lora", r, seed)) for r in LORA_SWEEP]
         if len(s["stages"]) == len(glue.FRONT_TARGETS) and all(sweep):
@@ -212,9 +237,7 @@ def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FI
         png = _plot(task, _lines(task, runs, schedules, seeds), first["primary_metric"], figures / f"front_{task}.png")
         block = (
             f"**{TASK_NAMES[task]}** (seeds {', '.join(map(str, sorted(front.schedules)))}; `{first['command']}`)"
-            "\n\n"
-            + table(["size", "schedule parameters", "schedule dev", "LoRA sweep dev", "schedule − LoRA"], front.rows)
-            + f"\n\n![{TASK_NAMES[task]} front]({rel(png, out_dir)})"
+            "\n\n" + table(COLUMNS, front.rows) + f"\n\n![{TASK_NAMES[task]} front]({rel(png, out_dir)})"
         )
         if front.time_ratios:
             block += (
@@ -226,19 +249,24 @@ def front_section(runs: Runs, schedules: Runs, out_dir: Path, figures: Path = FI
             )
         blocks.append(block)
         verdicts.append(f"- {TASK_NAMES[task]}: {_reach_text(front)}.")
-    sizes: dict[str, list[float]] = {}
-    for front in fronts:
-        for size, gaps in front.reach:
-            sizes.setdefault(size, []).append(statistics.fmean(gaps))
-    if sizes:
-        verdicts.append(
-            "- The mean gap over the tasks (each task's mean over its seeds): "
-            + ", ".join(
-                f"{size} {statistics.fmean(g):+.1f} ({len(g)} task{'s' * (len(g) > 1)})" for size, g in sizes.items()
-            )
-            + "."
-        )
+    mean_gaps = _mean_gaps([f.reach for f in fronts])
+    if mean_gaps:
+        verdicts.append(f"- The mean gap over the tasks (each task's mean over its seeds): {mean_gaps}.")
+    for name, _ in RIVALS:
+        if mean_gaps := _mean_gaps([f.rivals.get(name, []) for f in fronts]):
+            verdicts.append(f"- {name} against LoRA of each size, the mean gap over the tasks: {mean_gaps}.")
     return "\n\n".join(blocks), verdicts
+
+
+def _mean_gaps(per_task: list[list[tuple[str, list[float]]]]) -> str:
+    """Per size, the mean over tasks of each task's mean gap, with the number of tasks ("" when there is none)."""
+    sizes: dict[str, list[float]] = {}
+    for reach in per_task:
+        for size, gaps in reach:
+            sizes.setdefault(size, []).append(statistics.fmean(gaps))
+    return ", ".join(
+        f"{size} {statistics.fmean(g):+.1f} ({len(g)} task{'s' * (len(g) > 1)})" for size, g in sizes.items()
+    )
 
 
 def pattern_section(runs: Runs) -> str | None:
@@ -357,7 +385,8 @@ def render(res: Results) -> str:
         "four `sora train` runs of 3 epochs) gives. Each stage lands on a sweep size (75, 50, 25, 12.5% of the "
         "r_max=8 adapter = LoRA r 6, 4, 2, 1). The other lines: AdaLoRA (`target_r`), EVA (PEFT's data-driven "
         "allocation, `--method eva --r R`) and SoRA trained once per size (`--target-ratio`), all at the "
-        "`sora train` defaults. Gaps are paired by seed, with their 95% interval.\n",
+        "`sora train` defaults; each table sets them, like the schedule, against LoRA of each stage's size. Gaps are "
+        "paired by seed, with their 95% interval.\n",
         blocks,
         "\n**Verdict, per size (the schedule's stage against LoRA of that size):**\n",
         "\n".join(verdicts),
