@@ -537,14 +537,13 @@ class Runner(runner.Runner):
         (:meth:`runner.Runner.schedule_run`); True when its result exists."""
         from sora.train import TrainConfig
 
-        if read_result(experiment, name) is not None:
+        result = result_path(experiment, name)
+        if result.is_file():  # done: no GLUE folder needed
             return True
         cfg = TrainConfig(output_dir=str(self.scratch / experiment / name), method="sora", model=MODEL,
                           data_dir=runner.require_glue_dir(self.data_dir), **settings)  # fmt: skip
         fields = {"runner": f"python benchmarks/glue.py {experiment}", **extra}
-        return super().schedule_run(
-            experiment, name, result_path(experiment, name), cfg, xis, epochs_per_stage, options, fields, targets
-        )
+        return super().schedule_run(experiment, name, result, cfg, xis, epochs_per_stage, options, fields, targets)
 
     def front(self, seeds: list[int], tasks: list[str] | None = None) -> bool:
         """The front: per seed and task, one ``sora schedule --target-list`` run (``FRONT_SCHEDULE``), then the
