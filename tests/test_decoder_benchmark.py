@@ -1,7 +1,7 @@
 """benchmarks/decoder.py: the data builder on GLUE-format fixture TSVs (record shapes, one-word answers by label,
 seeded determinism, text sentences apart from the chat ones, records too long skipped), the per-task scorer on a
-tiny random Llama (exact match and loss against the model's own greedy next token), and the report section rendered
-from fake results, its verdict included."""
+tiny random Llama (exact match and loss against the model's own greedy next token), and the report sections (the
+rows, the front) rendered from fake results, their verdicts included."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from sora.tasks.causal_lm import encode_record
 load_benchmark("build_report")  # puts benchmarks/ on sys.path, as running the script does
 decoder = load_benchmark("decoder")
 
+from glue import FRONT_TARGETS  # noqa: E402
 from report.load import load  # noqa: E402
 from report.sections import decoder as section  # noqa: E402
+from report.sections import decoder_front  # noqa: E402
 
 SIZES = decoder.Sizes(train=4, validation=2, dev=3)
 MAX_SEQ_LENGTH = 64
@@ -298,3 +300,33 @@ def test_a_level_verdict_names_the_single_tasks_behind(tmp_path):
         "no gap for the allocation or the scale to explain (behind on a single task: SoRA r_max=8, budget 0.5 − "
         "LoRA r=4 on SST-2 text; SoRA r_max=8, budget 0.5 − LoRA r=4, alpha 8 on SST-2 text)."
     )
+
+
+def test_the_decoder_front_pairs_each_stage_with_the_lora_row_of_its_size():
+    """Three seeds: every stage 2 exact-match points under the LoRA row of its size on chat SST-2 and a 10% higher
+    SST-2 text loss (100 ln 1.1 = 9.5% lower for LoRA): behind at each size with a row (50, 25, 12.5%; there is no
+    r=6 row); the schedule's 4 stages of 100 s against a sweep of 4 rows of 300 s: 0.33."""
+    rows, schedules = {}, []
+    for seed in decoder.SEEDS:
+        for label in decoder_front.SWEEP:
+            rows[decoder.run_name(label, seed)] = {
+                "seed": seed, "train_seconds": 300.0,
+                "tasks": {"sst2": {"exact_match": 0.80 + 0.01 * seed}, "text": {"loss": 3.0}},
+            }  # fmt: skip
+        stage = {"sst2": {"exact_match": 0.78 + 0.01 * seed}, "text": {"loss": 3.3}}
+        stages = [{"nonzero_params": 1000 * round(8 * t), "seconds": 100.0, "tasks": stage} for t in FRONT_TARGETS]
+        schedules.append({"seed": seed, "stages": stages})
+    table_rows, verdicts = decoder_front.front_rows(rows, schedules)
+    assert table_rows[0] == ["75%", "6.0K", "79.0", "—", "—", f"{-100 * math.log(3.3):.1f}", "—", "—"]
+    assert table_rows[1] == [
+        "50% (LoRA r=4)", "4.0K", "79.0", "81.0", "-2.0 ± 0.0 (behind, 3 seeds)",
+        f"{-100 * math.log(3.3):.1f}", f"{-100 * math.log(3.0):.1f}", "-9.5 ± 0.0 (behind, 3 seeds)",
+    ]  # fmt: skip
+    assert verdicts == [
+        "- SST-2 exact match (points): 50% -2.0 ± 0.0 (behind, 3 seeds); 25% -2.0 ± 0.0 (behind, 3 seeds); "
+        "12.5% -2.0 ± 0.0 (behind, 3 seeds).",
+        "- SST-2 text dev loss (% lower): 50% -9.5 ± 0.0 (behind, 3 seeds); 25% -9.5 ± 0.0 (behind, 3 seeds); "
+        "12.5% -9.5 ± 0.0 (behind, 3 seeds).",
+    ]
+    assert decoder_front.cost_text(rows, schedules) == "seed 0 0.33, seed 1 0.33, seed 2 0.33"
+    assert decoder_front.cost_text({}, schedules) == ""

@@ -59,11 +59,11 @@ def _ms(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _exact(task: str):
+def exact(task: str):
     return lambda r: 100 * r["tasks"][task]["exact_match"]
 
 
-def _lower_loss(task: str):
+def lower_loss(task: str):
     """A run's value whose paired difference a − b is ``100 ln(loss_b / loss_a)``: about how many percent lower a's
     dev loss is than b's (positive: a better)."""
     return lambda r: -100 * math.log(r["tasks"][task]["loss"])
@@ -84,7 +84,7 @@ def results_table(runs: Runs) -> str:
             [
                 _name(label),
                 str(len(got)) if tuned else "—",
-                *(_ms([_exact(t)(r) for r in got], 1) for t in decoder.CHAT_TASKS),
+                *(_ms([exact(t)(r) for r in got], 1) for t in decoder.CHAT_TASKS),
                 *(_ms([r["tasks"][t]["loss"] for r in got], 3) for t in decoder.CHAT_TASKS),
                 _ms([r["tasks"][decoder.TEXT_TASK]["perplexity"] for r in got], 2),
                 f"{_ms(ranks, 0)} / {total}" if tuned else "—",
@@ -207,9 +207,9 @@ def _pairs(runs: Runs, a: str, b: str) -> list[tuple[dict, dict]]:
 
 
 def _loss_gaps(runs: Runs, a: str, b: str) -> list[list[float]]:
-    """Per task, the paired differences of ``a``'s dev loss against ``b``'s (``_lower_loss``); [] without pairs."""
+    """Per task, the paired differences of ``a``'s dev loss against ``b``'s (``lower_loss``); [] without pairs."""
     pairs = _pairs(runs, a, b)
-    return [differences(pairs, _lower_loss(t)) for t in decoder.TASKS] if pairs else []
+    return [differences(pairs, lower_loss(t)) for t in decoder.TASKS] if pairs else []
 
 
 def _behind_cells(runs: Runs) -> list[str]:
@@ -232,9 +232,9 @@ def gap_lines(runs: Runs) -> str:
             pairs = _pairs(runs, a, b)
             if not pairs:
                 continue
-            exact = ", ".join(f"{TASK_NAMES[t]} {gap_text(differences(pairs, _exact(t)))}" for t in decoder.CHAT_TASKS)
-            loss = ", ".join(f"{TASK_NAMES[t]} {gap_text(differences(pairs, _lower_loss(t)))}" for t in decoder.TASKS)
-            lines.append(f"- {_name(a)} − {_name(b)}: exact match (points) {exact}; dev loss (% lower) {loss}")
+            matches = ", ".join(f"{TASK_NAMES[t]} {gap_text(differences(pairs, exact(t)))}" for t in decoder.CHAT_TASKS)
+            loss = ", ".join(f"{TASK_NAMES[t]} {gap_text(differences(pairs, lower_loss(t)))}" for t in decoder.TASKS)
+            lines.append(f"- {_name(a)} − {_name(b)}: exact match (points) {matches}; dev loss (% lower) {loss}")
     if not lines:
         return ""
     return (
@@ -300,7 +300,7 @@ def base_text(runs: Runs) -> str:
             (r, t) for r in tuned for t in decoder.TASKS if r["tasks"][t]["loss"] >= base["tasks"][t]["loss"]
         ],
         "a higher exact match on every chat task": [
-            (r, t) for r in tuned for t in decoder.CHAT_TASKS if _exact(t)(r) <= _exact(t)(base)
+            (r, t) for r in tuned for t in decoder.CHAT_TASKS if exact(t)(r) <= exact(t)(base)
         ],
     }
     parts = []
@@ -343,11 +343,11 @@ def majority_text(runs: Runs, margin: float = 5.0) -> str:
     parts, unlearned = [], []
     for t in decoder.CHAT_TASKS:
         majority = tuned[0]["data"]["dev_majority"][t]
-        share, exact = 100 * majority["share"], [_exact(t)(r) for r in tuned]
-        above = sum(e >= share + margin for e in exact)
-        how = "every run" if above == len(exact) else "no run" if not above else f"{above} of {len(exact)} runs"
+        share, matches = 100 * majority["share"], [exact(t)(r) for r in tuned]
+        above = sum(e >= share + margin for e in matches)
+        how = "every run" if above == len(matches) else "no run" if not above else f"{above} of {len(matches)} runs"
         unlearned += [TASK_NAMES[t]] if not above else []
-        span = "-".join(dict.fromkeys(f"{e:.0f}" for e in (min(exact), max(exact))))
+        span = "-".join(dict.fromkeys(f"{e:.0f}" for e in (min(matches), max(matches))))
         parts.append(
             f"{TASK_NAMES[t]} {span}% against `{majority['answer']}` {share:.0f}% ({how} {margin:g}+ points above it)"
         )
