@@ -254,19 +254,30 @@ def test_4bit_without_bitsandbytes_is_one_line_and_writes_nothing(tmp_path, caps
     assert EvalOptions(load_in_4bit=False).base_in_4bit({"load_in_4bit": True}) is False
 
 
-def test_4bit_kernels_warning_is_held_back_and_remembered():
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    assert any(isinstance(f, quant._KernelsWarning) for f in logger.filters)
-    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "No module named 'kernels'", (), None)
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward: No module named 'kernels'"),
+        (
+            "kernels._internals.hf_hub",  # kernels installed, the hub offline
+            "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging Face "
+            "Hub is in offline mode.",
+        ),
+    ],
+)
+def test_4bit_kernels_warnings_are_held_back_and_remembered(monkeypatch, name, message):
+    monkeypatch.setattr(quant._KernelsWarning, "seen", False)
+    logger = logging.getLogger(name)
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
     other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "something else", (), None)
-    assert not logger.filter(record) and logger.filter(other)
-    assert quant._KernelsWarning.seen
+    assert logger.filter(other) and not quant._KernelsWarning.seen
+    assert not logger.filter(record) and quant._KernelsWarning.seen
 
 
 @pytest.mark.slow  # a fresh interpreter importing peft and bitsandbytes: ~10 s on 2 cores
 def test_4bit_a_plain_sora_command_prints_nothing_of_bitsandbytes():
     """``import sora``, then peft (which imports bitsandbytes when installed), then `sora train --help`: no word of
-    bitsandbytes' missing `kernels`."""
+    bitsandbytes' `kernels` (missing, or installed with the hub offline, as the tests run)."""
     code = (
         "import sora, peft, bitsandbytes, runpy, sys; sys.argv = ['sora', 'train', '--help']; "
         "runpy.run_module('sora', run_name='__main__')"

@@ -13,10 +13,11 @@ Merging: PEFT's ``merge_and_unload`` on a 4-bit base dequantizes each weight, ad
 the sum to NF4 again, which rounds most of the (small) delta away. :func:`sora.prune.merge` refuses that and merges
 into a full-precision base.
 
-bitsandbytes 0.50 logs a warning when it is imported on a CPU with AVX512-BF16 and without the optional ``kernels``
-package, and PEFT imports it whenever it is installed, so every ``import peft`` would print it, 4 bits or not.
-:func:`quiet_bitsandbytes` (run by ``import sora``) holds that warning back; a 4-bit model on the CPU then says once,
-in one line, what it means (:func:`prepare`).
+bitsandbytes 0.50 logs a warning when it is imported on a CPU with AVX512-BF16 and cannot load its NF4 kernel from
+the hub through the optional ``kernels`` package (not installed, or offline: then ``kernels`` logs a line of its own
+about the publisher check it skips), and PEFT imports it whenever it is installed, so every ``import peft`` would
+print them, 4 bits or not. :func:`quiet_bitsandbytes` (run by ``import sora``) holds those lines back; a 4-bit model
+on the CPU then says once, in one line, what they mean (:func:`prepare`).
 """
 
 from __future__ import annotations
@@ -29,31 +30,42 @@ from typing import Any
 
 from .errors import SoraError
 
-_KERNELS_LOGGER = "bitsandbytes.backends.cpu.ops"  # where bitsandbytes logs its missing-`kernels` warning
+# The import-time lines held back: (logger, what its message names). bitsandbytes' failed kernel load; the `kernels`
+# package's skipped publisher check of bitsandbytes' kernel repository (offline).
+_HELD = (
+    ("bitsandbytes.backends.cpu.ops", "kernels"),
+    ("kernels._internals.hf_hub", "kernels-community/quantization-bitsandbytes"),
+)
 KERNELS_NOTE = (
     "sora: note: 4-bit on the CPU runs bitsandbytes' plain CPU kernels: its faster NF4 matmul comes from the "
-    "`kernels` package, which downloads it from the Hugging Face hub (not installed here)"
+    "`kernels` package, which downloads it from the Hugging Face hub (not installed or not reachable here)"
 )
 
 
 class _KernelsWarning(logging.Filter):
-    """Holds back bitsandbytes' import-time warning about the ``kernels`` package, remembering that it came."""
+    """Holds back a logger's import-time warnings that name ``marker``, remembering that one came."""
 
     seen = False
     noted = False
 
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if "kernels" in record.getMessage():
-            type(self).seen = True
+        if self.marker in record.getMessage():
+            _KernelsWarning.seen = True
             return False
         return True
 
 
 def quiet_bitsandbytes() -> None:
-    """Install the filter on bitsandbytes' logger (before bitsandbytes is imported: the logger is the same object)."""
-    logger = logging.getLogger(_KERNELS_LOGGER)
-    if not any(isinstance(f, _KernelsWarning) for f in logger.filters):
-        logger.addFilter(_KernelsWarning())
+    """Install the filters on the loggers of ``_HELD`` (before bitsandbytes is imported: a logger is the same object
+    before and after its module creates it)."""
+    for name, marker in _HELD:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _KernelsWarning) for f in logger.filters):
+            logger.addFilter(_KernelsWarning(marker))
 
 
 def bitsandbytes_available() -> bool:
