@@ -132,6 +132,20 @@ def test_lora_trains_exactly_the_ranks_of_a_sora_run(tmp_path, glue_dir):
     assert from_json == rank_pattern_from(str(tmp_path / "sora"), 4, 16)
 
 
+def test_lora_at_ranks_above_its_r_trains_and_records_them(tmp_path, glue_dir):
+    """A SoRA run of r_max 8 retrained at LoRA r=4's scale (the front's pattern runs): modules of rank 8 and 1 train,
+    and ranks.json (and its heatmap) spans rank 8."""
+    names = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")]
+    source = tmp_path / "source.json"
+    source.write_text(json.dumps({"ranks": {n: 8 if k % 2 else 1 for k, n in enumerate(names)}}))
+    out = tmp_path / "lora"
+    argv = ["train", "--method", "lora", "--rank-pattern-from", str(source), "--output-dir", str(out)]
+    assert main([*argv, "--task", "rte", "--data-dir", str(glue_dir), *TINY]) == 0
+    saved = json.loads((out / "ranks.json").read_text())
+    assert saved["r_max"] == 8 and sorted(set(saved["ranks"].values())) == [1, 8]
+    assert (out / "ranks.png").is_file()
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -152,7 +152,10 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: list[TrainerCallbac
         "best_checkpoint": trainer.state.best_model_checkpoint,
     }
     if main:
-        _write_ranks(out, ranks, method.max_rank(cfg.r), cfg.method)
+        r_max = method.max_rank(cfg.r)
+        if r_max is not None and ranks:  # a LoRA at another run's ranks (--rank-pattern-from) may go above --r
+            r_max = max(r_max, *ranks.values())
+        _write_ranks(out, ranks, r_max, cfg.method)
         _io.write_json(out / "metrics.json", metrics)
     return metrics
 
