@@ -288,7 +288,7 @@ def test_pattern_rows_pair_each_rank_pattern_with_uniform_lora_of_its_seed():
     rows = {line.split("|")[2].strip(): line.replace(" ", "").split("|")[3:6] for line in text.splitlines()[2:]}
     assert rows == {
         "uniform LoRA r=4": ["165.9K", "85.5±0.5", "—"],
-        "LoRA at the ranks of sora-budget50-const-contribution r=8": ["165.9K", "86.5±0.5", "+1.0±0.0(ahead,3seeds)"],
+        "LoRA at the ranks of SoRA's learned 50% run": ["165.9K", "86.5±0.5", "+1.0±0.0(ahead,3seeds)"],
         "SoRA at 50%, its own training": ["165.9K", "84.5±0.5", "-1.0±0.0(behind,3seeds)"],
     }, text
     assert front.pattern_section({n: r for n, r in runs.items() if "ranks" not in n}) is None

@@ -44,6 +44,8 @@ RIVALS = (
     ),
 )
 
+# The runs whose per-module ranks the pattern runs take (glue.FRONT_PATTERNS' sources), as the table names them.
+SOURCE_NAMES = {"sora-budget50-const-contribution": "SoRA's learned 50% run", "eva": "EVA r=4"}
 COLUMNS = ["size", "schedule parameters", "schedule dev", "LoRA sweep dev", "schedule − LoRA",
            *(f"{name} − LoRA" for name, _ in RIVALS)]  # fmt: skip
 
@@ -275,10 +277,7 @@ def pattern_section(runs: Runs) -> str | None:
     uniform_r = glue.FRONT_PATTERNS[0][1]
     lines = [
         (f"uniform LoRA r={uniform_r}", "lora", uniform_r),
-        *(
-            (f"LoRA at the ranks of {source} r={source_r}", label, r)
-            for label, r, (_, source, source_r) in glue.FRONT_PATTERNS
-        ),
+        *((f"LoRA at the ranks of {SOURCE_NAMES[src]}", label, r) for label, r, (_, src, _) in glue.FRONT_PATTERNS),
         ("SoRA at 50%, its own training", "sora-budget50-const-contribution", glue.RANK),
     ]
     rows, patterns = [], {label for label, _, _ in glue.FRONT_PATTERNS}
