@@ -395,7 +395,6 @@ def render(res: Results) -> str:
         "another run, at LoRA r=4's scale: SoRA's learned allocation at 50% (the Equal-budget run of the same seed) "
         "and EVA's (r=4). Against uniform LoRA r=4 of the same seed, this says whether the ranks are better ranks, "
         "apart from how SoRA trains them.\n",
-        (pattern_section(runs) or "Not measured yet (`python benchmarks/glue.py front` runs them).")
-        + "\n",
+        (pattern_section(runs) or "Not measured yet (`python benchmarks/glue.py front` runs them).") + "\n",
     ]
     return "\n".join(out)
