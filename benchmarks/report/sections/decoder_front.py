@@ -38,8 +38,8 @@ def front_rows(rows: Runs, schedules: list[dict[str, Any]]) -> tuple[list[list[s
         label = LORA_AT.get(ratio)
         row = [f"{100 * ratio:g}%" + (f" (LoRA r={round(glue.RANK * ratio)})" if label else "")]
         row.append(fmt_params(statistics.fmean(stage["nonzero_params"] for _, stage in stages)))
+        lora = {seed: x for seed, _ in stages if label and (x := rows.get(decoder.run_name(label, seed)))}
         for name, value in MEASURES:
-            lora = {seed: x for seed, _ in stages if label and (x := rows.get(decoder.run_name(label, seed)))}
             gaps = [value(stage) - value(lora[seed]) for seed, stage in stages if seed in lora]
             row += [
                 f"{statistics.fmean(value(stage) for _, stage in stages):.1f}",

@@ -16,6 +16,11 @@ from ..markdown import METRIC_NAMES, TASK_NAMES, fmt_ms, fmt_params, rel, table
 from ..stats import gap_text, gap_word, half_width
 
 SCHEDULE = "sora-schedule"  # the front's schedule runs: glue.run_name(task, SCHEDULE, RANK, seed)
+# SoRA's single-budget runs by budget: the Equal-budget run at 50%, the front's own below it.
+BUDGET_AT = {
+    0.5: "sora-budget50-const-contribution",
+    **{settings["target_ratio"]: label for label, _, settings in glue.FRONT_GROUPS[-1] if "target_ratio" in settings},
+}
 # Each line of the front: (name, [(method label, rank), ...] from the largest size to the smallest). The sweep's r=8 is
 # the Defaults run, r=6 and r=4 the Equal-budget runs (the same recipe), the rest the front's own runs.
 SWEEPS = (
@@ -27,21 +32,17 @@ SWEEPS = (
         [
             ("sora-default", glue.RANK),  # no budget: the sora train default
             ("sora-budget70-const-contribution", glue.RANK),
-            ("sora-budget50-const-contribution", glue.RANK),
-            *((label, r) for label, r, settings in glue.FRONT_GROUPS[-1] if "target_ratio" in settings),
+            *((label, glue.RANK) for label in BUDGET_AT.values()),
         ],
     ),
 )
 LORA_SWEEP = (8, 4, 2, 1)  # the four runs one schedule replaces
 # The other methods at a schedule stage's size, each against LoRA of that size: (name, method label at a size ratio;
-# None where the method has no run of that size: EVA runs the sweep's ranks, SoRA single budgets 50% and below).
+# None where the method has no run of that size: EVA runs the sweep's ranks, SoRA single budgets those of BUDGET_AT).
 RIVALS = (
     ("AdaLoRA", lambda ratio: ("adalora", _stage_rank(ratio))),
     ("EVA", lambda ratio: ("eva", r) if (r := _stage_rank(ratio)) in LORA_SWEEP else None),
-    (
-        "SoRA single budget",
-        lambda ratio: (f"sora-budget{int(100 * ratio)}-const-contribution", glue.RANK) if ratio <= 0.5 else None,
-    ),
+    ("SoRA single budget", lambda ratio: (BUDGET_AT[ratio], glue.RANK) if ratio in BUDGET_AT else None),
 )
 
 # The runs whose per-module ranks the pattern runs take (glue.FRONT_PATTERNS' sources), as the table names them.
