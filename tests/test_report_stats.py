@@ -277,7 +277,8 @@ def test_the_reach_phrase_sorts_sizes_by_their_verdict():
 
 def test_pattern_rows_pair_each_rank_pattern_with_uniform_lora_of_its_seed():
     """LoRA at SoRA's ranks 1 point above uniform LoRA r=4 at every seed (noise 0): ahead; EVA's pattern has not run,
-    so it has no row; SoRA's own 50% run is shown against the same uniform runs. Nothing before a pattern run."""
+    so it has no row; SoRA's own 50% run is shown against the same uniform runs; README's clause quotes the patterns'
+    gaps alone. Nothing before a pattern run."""
     runs = {}
     for seed in glue.SEEDS:
         for label, r, value in (("lora", 4, 85.0), ("lora-ranks-sora50", 4, 86.0),
@@ -291,7 +292,12 @@ def test_pattern_rows_pair_each_rank_pattern_with_uniform_lora_of_its_seed():
         "LoRA at the ranks of SoRA's learned 50% run": ["165.9K", "86.5±0.5", "+1.0±0.0(ahead,3seeds)"],
         "SoRA at 50%, its own training": ["165.9K", "84.5±0.5", "-1.0±0.0(behind,3seeds)"],
     }, text
-    assert front.pattern_section({n: r for n, r in runs.items() if "ranks" not in n}) is None
+    assert front._pattern_text(runs) == (
+        " Retrained as a plain LoRA at the per-module ranks another run found (`--rank-pattern-from`), against uniform "
+        "LoRA r=4 of the same seed: at the ranks of SoRA's learned 50% run, MRPC +1.0 ± 0.0 (ahead, 3 seeds)."
+    )
+    without = {n: r for n, r in runs.items() if "ranks" not in n}
+    assert front.pattern_section(without) is None and front._pattern_text(without) == ""
 
 
 def test_readme_front_block_is_the_one_the_results_give():

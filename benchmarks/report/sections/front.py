@@ -272,9 +272,10 @@ def _mean_gaps(per_task: list[list[tuple[str, list[float]]]]) -> str:
     )
 
 
-def pattern_section(runs: Runs) -> str | None:
-    """Allocation apart from training: LoRA at the per-module ranks of another run (``glue.FRONT_PATTERNS``) against
-    uniform LoRA of that size (gaps paired by seed), with SoRA's own run at that size; None before any pattern run."""
+def _pattern_rows(runs: Runs) -> list[tuple[str, str, str, list[dict[str, Any]], list[float]]]:
+    """Allocation apart from training, per task: (task, line name, method label, its runs, per-seed gaps to uniform
+    LoRA of the same seed) for uniform LoRA itself (no gaps), LoRA at each ``glue.FRONT_PATTERNS`` source's ranks and
+    SoRA's own 50% run; only tasks with a pattern run."""
     uniform_r = glue.FRONT_PATTERNS[0][1]
     lines = [
         (f"uniform LoRA r={uniform_r}", "lora", uniform_r),
@@ -287,14 +288,36 @@ def pattern_section(runs: Runs) -> str | None:
             continue
         uniform = {seed: x for seed in glue.SEEDS if (x := runs.get(glue.run_name(task, "lora", uniform_r, seed)))}
         for name, label, r in lines:
-            got = {seed: x for seed in uniform if (x := runs.get(glue.run_name(task, label, r, seed)))}
-            if got:
-                gaps = [score(x) - score(uniform[seed]) for seed, x in got.items()]
-                rows.append([
-                    TASK_NAMES[task], name, fmt_params(statistics.fmean(x["nonzero_params"] for x in got.values())),
-                    fmt_ms([score(x) for x in got.values()]), "—" if label == "lora" else gap_text(gaps),
-                ])  # fmt: skip
+            if got := {seed: x for seed in uniform if (x := runs.get(glue.run_name(task, label, r, seed)))}:
+                gaps = [] if label == "lora" else [score(x) - score(uniform[seed]) for seed, x in got.items()]
+                rows.append((task, name, label, list(got.values()), gaps))
+    return rows
+
+
+def pattern_section(runs: Runs) -> str | None:
+    """Allocation apart from training: LoRA at the per-module ranks of another run (``glue.FRONT_PATTERNS``) against
+    uniform LoRA of that size (gaps paired by seed), with SoRA's own run at that size; None before any pattern run."""
+    rows = [
+        [TASK_NAMES[task], name, fmt_params(statistics.fmean(x["nonzero_params"] for x in got)),
+         fmt_ms([score(x) for x in got]), gap_text(gaps) if gaps else "—"]
+        for task, name, _, got, gaps in _pattern_rows(runs)
+    ]  # fmt: skip
     return table(["task", "adapter", "parameters", "dev", "− uniform LoRA"], rows) if rows else None
+
+
+def _pattern_text(runs: Runs) -> str:
+    """README's clause on allocation apart from training: each pattern's gap to uniform LoRA per task ("" before
+    any pattern run)."""
+    rows, parts = _pattern_rows(runs), []
+    for label, _, (_, source, _) in glue.FRONT_PATTERNS:
+        if gaps := [f"{TASK_NAMES[task]} {gap_text(g)}" for task, _, lab, _, g in rows if lab == label]:
+            parts.append(f"at the ranks of {SOURCE_NAMES[source]}, {', '.join(gaps)}")
+    if not parts:
+        return ""
+    return (
+        f" Retrained as a plain LoRA at the per-module ranks another run found (`--rank-pattern-from`), against "
+        f"uniform LoRA r={glue.FRONT_PATTERNS[0][1]} of the same seed: {'; '.join(parts)}."
+    )
 
 
 def _runs(res: Results) -> tuple[Runs, Runs]:
@@ -361,8 +384,8 @@ def readme_block(res: Results) -> str | None:
             "",
             "What a schedule gives is the curve and the size read off it in one run, not a better adapter at a size: "
             "neither SoRA's allocation nor AdaLoRA's has beaten a uniform LoRA of the same size on our GLUE runs "
-            "(Equal budget); what LoRA loses from r=8 to r=1 is on each line above. The runs, the other methods on "
-            "the same plot and the commands: "
+            f"(Equal budget); what LoRA loses from r=8 to r=1 is on each line above.{_pattern_text(runs)} The runs, "
+            "the other methods on the same plot and the commands: "
             "[BENCHMARKS.md](BENCHMARKS.md#the-front-one-schedule-run-against-the-lora-rank-sweep).",
             README_MARKERS[1],
         ]
