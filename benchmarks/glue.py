@@ -159,7 +159,8 @@ EQUAL_BUDGET = tuple(row for group in EQUAL_BUDGET_GROUPS for row in group)
 # at the same sizes (EVA, PEFT's data-driven allocation; AdaLoRA; SoRA single budgets). (label, rank, settings)
 FRONT_TASKS = ("sst2", "stsb", "mrpc")
 FRONT_TARGETS = (0.75, 0.5, 0.25, 0.125)
-FRONT_SCHEDULE = {"targets": FRONT_TARGETS, "epochs_per_stage": 1.0, "settings": {"gate_init": LEARNED["gate_init"]}}
+FRONT_SCHEDULE = {"label": "sora-schedule", "targets": FRONT_TARGETS, "epochs_per_stage": 1.0,
+                  "settings": {"gate_init": LEARNED["gate_init"]}}  # fmt: skip
 FRONT_GROUPS = (
     (("lora", 2, {}), ("lora", 1, {})),
     (("eva", 8, {}), ("eva", 4, {}), ("eva", 2, {}), ("eva", 1, {})),
@@ -229,6 +230,14 @@ def run_name(task: str, method: str, r: int, seed: int, trial: int | str | None 
     """``task_method_rR_seedS``, then ``_trialK`` (a search's trial K) or ``_<trial>`` (a named variant)."""
     suffix = "" if trial is None else f"_trial{trial}" if isinstance(trial, int) else f"_{trial}"
     return f"{task}_{method}_r{r}_seed{seed}{suffix}"
+
+
+def front_run_names(seeds: tuple[int, ...] = SEEDS) -> list[str]:
+    """Every run of the front at these seeds: per seed and task the schedule, the ``FRONT_GROUPS`` runs and the
+    ``FRONT_PATTERNS`` runs."""
+    labels = ((FRONT_SCHEDULE["label"], RANK), *((m, r) for g in FRONT_GROUPS for m, r, _ in g),
+              *((m, r) for m, r, _ in FRONT_PATTERNS))  # fmt: skip
+    return [run_name(t, label, r, s) for s in seeds for t in FRONT_TASKS for label, r in labels]
 
 
 def result_path(experiment: str, name: str) -> Path:
@@ -561,7 +570,7 @@ class Runner(runner.Runner):
                                 **FRONT_SCHEDULE["settings"]}  # fmt: skip
                     options = " --target-list " + ",".join(f"{t:g}" for t in targets)
                     complete &= self.schedule_run(
-                        "front", run_name(task, "sora-schedule", RANK, seed), settings, [0.5] * len(targets),
+                        "front", run_name(task, FRONT_SCHEDULE["label"], RANK, seed), settings, [0.5] * len(targets),
                         FRONT_SCHEDULE["epochs_per_stage"], options, {}, targets=targets,
                     )  # fmt: skip
                 for label, r, extra in group:

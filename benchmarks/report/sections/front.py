@@ -15,7 +15,7 @@ from ..load import FIGURES, ROOT, Results, Runs, load, score
 from ..markdown import METRIC_NAMES, TASK_NAMES, fmt_ms, fmt_params, rel, table
 from ..stats import gap_text, gap_word, half_width
 
-SCHEDULE = "sora-schedule"  # the front's schedule runs: glue.run_name(task, SCHEDULE, RANK, seed)
+SCHEDULE = glue.FRONT_SCHEDULE["label"]  # the front's schedule runs: glue.run_name(task, SCHEDULE, RANK, seed)
 # SoRA's single-budget runs by budget: the Equal-budget run at 50%, the front's own below it.
 BUDGET_AT = {
     0.5: "sora-budget50-const-contribution",

@@ -58,9 +58,7 @@ def remaining(t1, t2, speed, schedules, long, decoder_done: int) -> str:
             f"run: `{decoder.RUNNER}`"
         )
     front = load("front")
-    front_jobs = [glue.run_name(t, label, r, s) for s in seeds for t in glue.FRONT_TASKS
-                  for label, r in (("sora-schedule", glue.RANK), *((m, r) for g in glue.FRONT_GROUPS for m, r, _ in g),
-                                   *((m, r) for m, r, _ in glue.FRONT_PATTERNS))]  # fmt: skip
+    front_jobs = glue.front_run_names(seeds)
     if front_missing := [n for n in front_jobs if n not in front]:
         todo.append(f"- The front: {len(front_missing)} of {len(front_jobs)} runs not run (e.g. "
                     f"{', '.join(front_missing[:3])}): `python benchmarks/glue.py front`")  # fmt: skip
