@@ -126,7 +126,7 @@ SEEDS = glue.SEEDS
 # (75, 50, 25, 12.5% of the r_max=8 adapter), each stage a third of a row's training (as on GLUE: a stage is one of
 # the three epochs of a sweep run), its adapter scored on every dev file as a row's is; then the LoRA sweep's ranks
 # that ROWS lacks (r = 8 and 4 are the rows `lora` and `lora-r4`).
-SCHEDULE = "sora-schedule"
+SCHEDULE = glue.FRONT_SCHEDULE["label"]
 FRONT_EPOCHS_PER_STAGE = RECIPE["epochs"] / 3
 FRONT_ROWS: dict[str, dict[str, Any]] = {"lora-r2": {"method": "lora", "r": 2}, "lora-r1": {"method": "lora", "r": 1}}
 SCHEDULE_SETTINGS = {"method": "sora", **glue.FRONT_SCHEDULE["settings"]}  # its RECIPE "epochs": per stage instead

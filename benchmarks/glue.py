@@ -232,6 +232,11 @@ def run_name(task: str, method: str, r: int, seed: int, trial: int | str | None 
     return f"{task}_{method}_r{r}_seed{seed}{suffix}"
 
 
+def front_stage_rank(ratio: float) -> int:
+    """The LoRA rank of the size a front schedule stage targets (a share of the r_max=RANK adapter)."""
+    return round(ratio * RANK)
+
+
 def front_run_names(seeds: tuple[int, ...] = SEEDS) -> list[str]:
     """Every run of the front at these seeds: per seed and task the schedule, the ``FRONT_GROUPS`` runs and the
     ``FRONT_PATTERNS`` runs."""

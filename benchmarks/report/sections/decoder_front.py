@@ -36,7 +36,7 @@ def front_rows(rows: Runs, schedules: list[dict[str, Any]]) -> tuple[list[list[s
         if not stages:
             continue
         label = LORA_AT.get(ratio)
-        row = [f"{100 * ratio:g}%" + (f" (LoRA r={round(glue.RANK * ratio)})" if label else "")]
+        row = [f"{100 * ratio:g}%" + (f" (LoRA r={glue.front_stage_rank(ratio)})" if label else "")]
         row.append(fmt_params(statistics.fmean(stage["nonzero_params"] for _, stage in stages)))
         lora = {seed: x for seed, _ in stages if label and (x := rows.get(decoder.run_name(label, seed)))}
         for name, value in MEASURES:

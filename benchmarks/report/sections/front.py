@@ -40,8 +40,8 @@ LORA_SWEEP = (8, 4, 2, 1)  # the four runs one schedule replaces
 # The other methods at a schedule stage's size, each against LoRA of that size: (name, method label at a size ratio;
 # None where the method has no run of that size: EVA runs the sweep's ranks, SoRA single budgets those of BUDGET_AT).
 RIVALS = (
-    ("AdaLoRA", lambda ratio: ("adalora", _stage_rank(ratio))),
-    ("EVA", lambda ratio: ("eva", r) if (r := _stage_rank(ratio)) in LORA_SWEEP else None),
+    ("AdaLoRA", lambda ratio: ("adalora", glue.front_stage_rank(ratio))),
+    ("EVA", lambda ratio: ("eva", r) if (r := glue.front_stage_rank(ratio)) in LORA_SWEEP else None),
     ("SoRA single budget", lambda ratio: (BUDGET_AT[ratio], glue.RANK) if ratio in BUDGET_AT else None),
 )
 
@@ -49,11 +49,6 @@ RIVALS = (
 SOURCE_NAMES = {"sora-budget50-const-contribution": "SoRA's learned 50% run", "eva": "EVA r=4"}
 COLUMNS = ["size", "schedule parameters", "schedule dev", "LoRA sweep dev", "schedule − LoRA",
            *(f"{name} − LoRA" for name, _ in RIVALS)]  # fmt: skip
-
-
-def _stage_rank(ratio: float) -> int:
-    """The LoRA rank of the size a schedule stage targets (a share of the r_max=8 adapter)."""
-    return round(ratio * glue.RANK)
 
 
 def _schedules(front: Runs) -> Runs:
@@ -155,7 +150,7 @@ def _task_front(task: str, runs: Runs, schedules: Runs) -> _TaskFront:
     mine = {int(n.rsplit("seed", 1)[1]): s for n, s in schedules.items() if s["task"] == task}
     front = _TaskFront(task, mine)
     for k, ratio in enumerate(glue.FRONT_TARGETS):
-        rank = _stage_rank(ratio)
+        rank = glue.front_stage_rank(ratio)
         stage = {seed: s for seed, s in mine.items() if len(s["stages"]) > k}
         if not stage:
             continue
