@@ -20,14 +20,14 @@ Experiments (``python benchmarks/glue.py EXPERIMENT [...]``; ``all`` runs them i
 - ``long``: Table 1 in longer runs (the whole train splits but SST-2's, ``LONG_SAMPLES``), where the tasks are
   learned, SoRA at the ``sora train`` defaults and every method at its default learning rate.
 - ``head``: the longer runs that stayed at chance with the pooler frozen, again with the pooler trained;
-- ``lrsearch``: learning-rate searches of full fine-tuning (the bars) and AdaLoRA (``LR_SEARCH``);
+- ``lrsearch``: learning-rate searches of full fine-tuning (the bars), AdaLoRA and EVA (``LR_SEARCH``);
 - ``epochs``: longer runs of a method that stays below a bar (``EPOCH_RUNS``);
 - ``defaults``: the Defaults table, ``sora train`` with task and data flags only (``DEFAULTS_SAMPLES``);
 - ``equal``: the Equal-budget table, SoRA at a sparsity budget against LoRA and AdaLoRA of that size (``EQUAL_BUDGET``).
 - ``allocation``: who chooses the surviving ranks, the gates' initialisation or the data (``ALLOCATION``): SoRA
   variants at a budget, each with two gate seeds and the same data order, on ``ALLOCATION_TASK``.
-- ``front``: the size-accuracy front of one ``sora schedule --target-list`` run against the LoRA rank sweep, AdaLoRA
-  and SoRA single budgets at the same sizes (``FRONT_*``), at the Defaults recipe.
+- ``front``: the size-accuracy front of one ``sora schedule --target-list`` run against the LoRA rank sweep, AdaLoRA,
+  SoRA single budgets and EVA at the same sizes (``FRONT_*``), at the Defaults recipe.
 
 ``--stop-at HH:MM`` (UTC) launches no new run after that time. ``benchmarks/build_report.py`` turns the results into
 ``BENCHMARKS.md``.
@@ -156,19 +156,20 @@ EQUAL_BUDGET = tuple(row for group in EQUAL_BUDGET_GROUPS for row in group)
 # adapter: LoRA r = 6, 4, 2, 1), one epoch each, with the learned allocation of a budgeted `sora train`. The sweep
 # reuses the Defaults table's LoRA r=8 and the Equal-budget table's LoRA r=4 and r=6; the rest is run here. Every
 # run of a seed before the next seed; per task the schedule, then the sweep's missing ranks, then the other methods
-# at the same sizes (EVA, PEFT's data-driven allocation; AdaLoRA; SoRA single budgets). (label, rank, settings)
+# at the same sizes (AdaLoRA and SoRA single budgets; EVA, PEFT's data-driven allocation, last: its learning rate is
+# the EVA search's, ``LR_SEARCH``). (label, rank, settings)
 FRONT_TASKS = ("sst2", "stsb", "mrpc")
 FRONT_TARGETS = (0.75, 0.5, 0.25, 0.125)
 FRONT_SCHEDULE = {"label": "sora-schedule", "targets": FRONT_TARGETS, "epochs_per_stage": 1.0,
                   "settings": {"gate_init": LEARNED["gate_init"]}}  # fmt: skip
 FRONT_GROUPS = (
     (("lora", 2, {}), ("lora", 1, {})),
-    (("eva", 8, {}), ("eva", 4, {}), ("eva", 2, {}), ("eva", 1, {})),
     (
         ("adalora", 2, {}), ("adalora", 1, {}),
         ("sora-budget25-const-contribution", RANK, {**LEARNED, "target_ratio": 0.25}),
         ("sora-budget12-const-contribution", RANK, {**LEARNED, "target_ratio": 0.125}),
     ),
+    (("eva", 8, {}), ("eva", 4, {}), ("eva", 2, {}), ("eva", 1, {})),
 )  # fmt: skip
 # Allocation apart from training: LoRA with the per-module ranks another run found (`--rank-pattern-from` its result
 # file), at 50% and LoRA r=4's scale (lora_alpha / 4 in every module): SoRA's learned allocation (the Equal-budget run
@@ -178,9 +179,15 @@ FRONT_PATTERNS = (
     ("lora-ranks-eva4", 4, ("front", "eva", 4)),
 )
 # Learning-rate searches at `sora train`'s defaults otherwise (seed 0): full fine-tuning on the tasks whose bar an
-# adapter may not reach on this backbone (where it cannot clear a bar either, the bar is set from it), and AdaLoRA,
-# whose adapters start at zero singular values and learn slowly in 3 epochs (its paper: up to 30 epochs on MRPC).
-LR_SEARCH = {"full": (("rte", "cola"), (2e-5, 5e-5, 1e-4)), "adalora": (("mrpc", "rte", "cola"), (2e-3, 5e-3, 1e-2))}
+# adapter may not reach on this backbone (where it cannot clear a bar either, the bar is set from it); AdaLoRA,
+# whose adapters start at zero singular values and learn slowly in 3 epochs (its paper: up to 30 epochs on MRPC);
+# EVA at r=2, where LoRA's rate made it collapse on MRPC and STS-B (its A, the inputs' top singular vectors, gives
+# its branch 5-8x LoRA's output at the same rank). (tasks, learning rates, rank)
+LR_SEARCH = {
+    "full": (("rte", "cola"), (2e-5, 5e-5, 1e-4), RANK),
+    "adalora": (("mrpc", "rte", "cola"), (2e-3, 5e-3, 1e-2), RANK),
+    "eva": (("mrpc", "stsb"), (1e-4, 2e-4, 5e-4), 2),
+}
 # Longer training at `sora train`'s defaults otherwise, of a run that stays below a bar in 3 epochs: whether it is
 # under-trained (AdaLoRA: its paper trains MRPC for 30 epochs) or the task is out of reach. (task, method, epochs, seed)
 EPOCH_RUNS = (("mrpc", "adalora", 10, 0), ("rte", "lora", 10, 0), ("cola", "adalora", 10, 2))
@@ -409,12 +416,12 @@ class Runner(runner.Runner):
     def lrsearch(self, only: list[str] | None = None) -> bool:
         """``LR_SEARCH``: method x task x learning rate at `sora train`'s defaults but the learning rate, seed 0."""
         complete = True
-        for method, (tasks, lrs) in LR_SEARCH.items():
+        for method, (tasks, lrs, r) in LR_SEARCH.items():
             for task in tasks:
                 if only and task not in only:
                     continue
                 for k, lr in enumerate(lrs):
-                    got = self.run("lrsearch", task, method, 0, trial=k, common={}, lr=lr, max_train_samples=None)
+                    got = self.run("lrsearch", task, method, 0, r=r, trial=k, common={}, lr=lr, max_train_samples=None)
                     complete &= got is not None
         return complete
 

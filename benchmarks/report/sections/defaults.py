@@ -90,26 +90,32 @@ def defaults_block(root: Path) -> str:
     bar = bars(lrsearch)
     table_text = defaults_section(load("defaults", root=root), load("defaults", failed=True, root=root), bar)
     more = previous_text(previous, load("epochs", root=root))
-    return table_text + "\n\n" + lrsearch_text(lrsearch, previous, bar) + ("\n\n" + more if more else "")
+    # the front's runs at a method's previous default rate (EVA's before its search) are its searches' first trials
+    tried = {**previous, **load("front-previous", root=root)}
+    return table_text + "\n\n" + lrsearch_text(lrsearch, tried, bar) + ("\n\n" + more if more else "")
+
+
+SEARCH_NAMES = {"full": "Full FT", "adalora": "AdaLoRA", "eva": "EVA"}  # glue.LR_SEARCH's methods, the rank apart
 
 
 def lrsearch_text(results: Runs, previous: Runs, bar: dict[str, float]) -> str:
     """The learning-rate searches at the defaults otherwise: full fine-tuning (what this backbone can reach on the
-    hardest bars) and AdaLoRA (whether another rate lets it learn in 3 epochs), with the Defaults runs at a
-    method's previous default rate (``previous``)."""
+    hardest bars), AdaLoRA (whether another rate lets it learn in 3 epochs) and EVA (a rate at which it does not
+    collapse at a small rank), with the runs at a method's previous default rate (``previous``)."""
     parts = []
-    for method, (tasks, lrs) in glue.LR_SEARCH.items():
+    for method, (tasks, lrs, r) in glue.LR_SEARCH.items():
         for task in tasks:
-            trials = [results.get(glue.run_name(task, method, glue.RANK, 0, k)) for k in range(len(lrs))]
-            done = [(r["hyperparameters"]["lr"], score(r)) for r in trials if r]
-            old = previous.get(glue.run_name(task, method, glue.RANK, 0))
+            trials = [results.get(glue.run_name(task, method, r, 0, k)) for k in range(len(lrs))]
+            done = [(x["hyperparameters"]["lr"], score(x)) for x in trials if x]
+            old = previous.get(glue.run_name(task, method, r, 0))
             if done:
                 scores = ", ".join(f"lr {lr:g} {v:.1f}" for lr, v in sorted(done))
                 if old:
                     scores = f"lr {old['hyperparameters']['lr']:g} {score(old):.1f} (the previous default), {scores}"
-                parts.append(f"{METHOD_NAMES[method]} on {TASK_NAMES[task]}: {scores} (bar {bar[task]:g})")
+                name = SEARCH_NAMES[method] + ("" if method == "full" else f" r={r}")
+                parts.append(f"{name} on {TASK_NAMES[task]}: {scores} (bar {bar[task]:g})")
     if not parts:
-        return "Learning-rate searches (full fine-tuning for the bars, AdaLoRA): not measured yet."
+        return "Learning-rate searches (full fine-tuning for the bars, AdaLoRA, EVA): not measured yet."
     return "Learning-rate searches at `sora train`'s defaults otherwise (seed 0): " + "; ".join(parts) + "."
 
 

@@ -71,8 +71,10 @@ def remaining(t1, t2, speed, schedules, long, decoder_done: int) -> str:
         todo.append("- Longer runs of AdaLoRA on MRPC: `python benchmarks/glue.py epochs`")
     if len(load("head")) < len(glue.HEAD_RERUNS):
         todo.append("- The head experiment: `python benchmarks/glue.py head`")
-    if len(load("lrsearch")) < sum(len(tasks) * len(lrs) for tasks, lrs in glue.LR_SEARCH.values()):
-        todo.append("- Learning rates of full fine-tuning (the bars) and AdaLoRA: `python benchmarks/glue.py lrsearch`")
+    if len(load("lrsearch")) < sum(len(tasks) * len(lrs) for tasks, lrs, _ in glue.LR_SEARCH.values()):
+        todo.append(
+            "- Learning rates of full fine-tuning (the bars), AdaLoRA and EVA: `python benchmarks/glue.py lrsearch`"
+        )
     todo.append("- The runner is resumable: `python benchmarks/glue.py all` continues where these results stop.")
     todo.append(
         "- Not done: a learning-rate search for the longer runs (every method runs at its `sora train` default "
