@@ -19,7 +19,7 @@ SCHEDULE = glue.FRONT_SCHEDULE["label"]  # the front's schedule runs: glue.run_n
 # SoRA's single-budget runs by budget: the Equal-budget run at 50%, the front's own below it.
 BUDGET_AT = {
     0.5: "sora-budget50-const-contribution",
-    **{settings["target_ratio"]: label for label, _, settings in glue.FRONT_GROUPS[-1] if "target_ratio" in settings},
+    **{s["target_ratio"]: label for group in glue.FRONT_GROUPS for label, _, s in group if "target_ratio" in s},
 }
 # Each line of the front: (name, [(method label, rank), ...] from the largest size to the smallest). The sweep's r=8 is
 # the Defaults run, r=6 and r=4 the Equal-budget runs (the same recipe), the rest the front's own runs.
