@@ -67,7 +67,7 @@ def test_the_registry_names_what_each_method_supports():
     assert names("rank_pattern") == ["lora"]
     assert [get_method(n).max_rank(4) for n in names()] == [4, 4, 6, None, None, 8]
     assert {n: get_method(n).default_lr for n in names()} == {
-        "sora": 1e-3, "lora": 1e-3, "adalora": 5e-3, "full": 5e-5, "bitfit": 1e-3, "eva": 1e-3
+        "sora": 1e-3, "lora": 1e-3, "adalora": 5e-3, "full": 5e-5, "bitfit": 1e-3, "eva": 2e-4
     }  # fmt: skip
     with pytest.raises(SoraError, match="unknown method 'dora'; known methods: sora, lora, adalora, full, bitfit, eva"):
         get_method("dora")

@@ -200,10 +200,13 @@ class Eva(_LoraRanks):
     """EVA (PEFT's ``init_lora_weights="eva"``, Paischer et al. 2024): before training, an incremental SVD of every
     target module's inputs over the training batches sets A to their top right-singular vectors and redistributes the
     rank budget (``--r`` per module on average, rho at PEFT's default) to the modules whose inputs need it most; then
-    plain LoRA training. The adapter is a PEFT LoRA adapter with EVA's ``rank_pattern``."""
+    plain LoRA training. The adapter is a PEFT LoRA adapter with EVA's ``rank_pattern``. Unit singular vectors along
+    the inputs' largest directions give the branch 5-8x LoRA's output at the same rank and scale, so LoRA's rate is
+    too large: at 1e-3, r=2 stayed at chance on MRPC and collapsed on STS-B; 2e-4 was its best on both together in the
+    search over 1e-4 to 1e-3 (BENCHMARKS.md, "Defaults")."""
 
     name = "eva"
-    default_lr = 1e-3
+    default_lr = 2e-4
     load_in_4bit = False  # EVA's SVD hooks support plain linear layers
     fsdp = False
     rho = 2.0  # PEFT's default: a module may get up to rho * r ranks
