@@ -154,10 +154,10 @@ EQUAL_BUDGET = tuple(row for group in EQUAL_BUDGET_GROUPS for row in group)
 # The front (issue: what SoRA buys a user): ONE `sora schedule --target-list` run against the LoRA rank sweep it
 # replaces, at the Defaults recipe. The schedule's stages land on the sweep's sizes (75, 50, 25, 12.5 % of the r_max=8
 # adapter: LoRA r = 6, 4, 2, 1), one epoch each, with the learned allocation of a budgeted `sora train`. The sweep
-# reuses the Defaults table's LoRA r=8 and the Equal-budget table's LoRA r=4 and r=6; the rest is run here. Every
-# run of a seed before the next seed; per task the schedule, then the sweep's missing ranks, then the other methods
-# at the same sizes (AdaLoRA and SoRA single budgets; EVA, PEFT's data-driven allocation, last: its learning rate is
-# the EVA search's, ``LR_SEARCH``). (label, rank, settings)
+# reuses the Defaults table's LoRA r=8 and the Equal-budget table's LoRA r=4 and r=6; the rest is run here. Group by
+# group, each over every seed and task: the schedule with the sweep's missing ranks, then the other methods at the
+# same sizes (AdaLoRA and SoRA single budgets; EVA, PEFT's data-driven allocation, last: its learning rate is the EVA
+# search's, ``LR_SEARCH``). (label, rank, settings)
 FRONT_TASKS = ("sst2", "stsb", "mrpc")
 FRONT_TARGETS = (0.75, 0.5, 0.25, 0.125)
 FRONT_SCHEDULE = {"label": "sora-schedule", "targets": FRONT_TARGETS, "epochs_per_stage": 1.0,

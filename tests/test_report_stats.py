@@ -19,8 +19,8 @@ import glue  # noqa: E402
 import runner  # noqa: E402
 from report import stats  # noqa: E402
 from report.load import Machine  # noqa: E402
-from report.markdown import rank_pattern  # noqa: E402
-from report.sections import equal, front, machine  # noqa: E402
+from report.markdown import TASK_NAMES, rank_pattern  # noqa: E402
+from report.sections import defaults, equal, front, machine  # noqa: E402
 
 AHEAD, WITHIN, BEHIND = [2.0, 3.0, 4.0], [1.0, 2.0, 3.0], [-4.0, -3.0, -2.0]
 
@@ -311,3 +311,18 @@ def test_readme_front_block_is_the_one_the_results_give():
     assert block is not None and readme_with(text, block) == text, "README's front block is stale: run build_report"
     begin, end = front.README_MARKERS
     assert readme_with(f"a\n{begin}\nold\n{end}\nb", "new") == "a\nnew\nb"
+
+
+def test_an_lr_search_at_its_own_rank_shows_the_previous_default_run_first():
+    """EVA's search runs at r=2 (``glue.LR_SEARCH``): its trials are found at that rank, named with it, sorted by
+    rate, and the run at the previous default rate (the front's, same task, rank and seed 0) comes first."""
+    tasks, lrs, r = glue.LR_SEARCH["eva"]
+    results = {}
+    for k, lr in enumerate(lrs):
+        name, result = _run(tasks[0], "eva", r, 0, 70.0 + k)
+        results[glue.run_name(tasks[0], "eva", r, 0, k)] = {**result, "hyperparameters": {"r": r, "lr": lr}}
+    name, old = _run(tasks[0], "eva", r, 0, 68.4)
+    previous = {name: {**old, "hyperparameters": {"r": r, "lr": 1e-3}}}
+    text = defaults.lrsearch_text(results, previous, {task: 75.0 for task in glue.TASKS})
+    trials = ", ".join(f"lr {lr:g} {70.0 + k:.1f}" for k, lr in sorted(enumerate(lrs), key=lambda x: x[1]))
+    assert f"EVA r={r} on {TASK_NAMES[tasks[0]]}: lr 0.001 68.4 (the previous default), {trials} (bar 75)" in text, text
