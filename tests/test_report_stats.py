@@ -319,7 +319,7 @@ def test_an_lr_search_at_its_own_rank_shows_the_previous_default_run_first():
     tasks, lrs, r = glue.LR_SEARCH["eva"]
     results = {}
     for k, lr in enumerate(lrs):
-        name, result = _run(tasks[0], "eva", r, 0, 70.0 + k)
+        _, result = _run(tasks[0], "eva", r, 0, 70.0 + k)
         results[glue.run_name(tasks[0], "eva", r, 0, k)] = {**result, "hyperparameters": {"r": r, "lr": lr}}
     name, old = _run(tasks[0], "eva", r, 0, 68.4)
     previous = {name: {**old, "hyperparameters": {"r": r, "lr": 1e-3}}}

@@ -16,9 +16,14 @@ from ..markdown import fmt_params, table
 from ..stats import NOISE_NOTE, gap_text
 from .decoder import TASK_NAMES, exact, lower_loss
 
-# The LoRA row of each stage's size (a share of the r_max=8 adapter; there is no r=6 row) and the sweep a schedule
-# replaces. The measures: (name, value of a run or a stage's scores).
-LORA_AT = {0.5: "lora-r4", 0.25: "lora-r2", 0.125: "lora-r1"}
+# The LoRA row of each stage's size (a share of the r_max=8 adapter; there is no r=6 row): the decoder row that is
+# plain LoRA at that rank; and the sweep a schedule replaces. The measures: (name, value of a run or a stage's scores).
+LORA_AT = {
+    ratio: label
+    for ratio in glue.FRONT_TARGETS
+    for label, settings in {**decoder.ROWS, **decoder.FRONT_ROWS}.items()
+    if settings == {"method": "lora", "r": glue.front_stage_rank(ratio)}
+}
 SWEEP = ("lora", *LORA_AT.values())
 MEASURES = (
     (f"{TASK_NAMES['sst2']} exact match (points)", exact("sst2")),
