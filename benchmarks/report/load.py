@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import decoder  # benchmarks/decoder.py: where its front writes
 import glue  # the runner's settings: tasks, sizes, trials
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,10 +116,13 @@ class Results:
     long_failed: Runs
     long: Runs  # long, the (method, seed) pairs that finished every task
     defaults: Runs
+    equal: Runs
+    front: Runs  # the front's runs, its schedules among them
     gpu_defaults: Runs
     allocation: Runs
     decoder: Runs  # benchmarks/decoder.py, by run name (``zero-shot``, ``<row>_seed<seed>``)
     decoder_failed: Runs
+    decoder_front: Runs  # benchmarks/decoder.py --front, the schedules among them
     machines: collections.Counter[Machine]
 
 
@@ -145,9 +149,12 @@ def read(out_dir: Path) -> Results:
         long_failed=load("long", failed=True),
         long=complete_seeds(long_all),
         defaults=load("defaults"),
+        equal=load("equal"),
+        front=load("front"),
         gpu_defaults=load("defaults", root=GLUE_GPU),
         allocation=load("allocation"),
         decoder=load(DECODER.name, root=DECODER.parent),
         decoder_failed=load(DECODER.name, failed=True, root=DECODER.parent),
+        decoder_front=load(decoder.FRONT_RESULTS.name, root=decoder.FRONT_RESULTS.parent),
         machines=machines(),
     )

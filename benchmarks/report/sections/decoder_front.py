@@ -11,7 +11,7 @@ from typing import Any
 import decoder
 import glue
 
-from ..load import Results, Runs, load
+from ..load import Results, Runs
 from ..markdown import fmt_params, table
 from ..stats import NOISE_NOTE, gap_text
 from .decoder import TASK_NAMES, exact, lower_loss
@@ -69,7 +69,7 @@ def cost_text(rows: Runs, schedules: list[dict[str, Any]]) -> str:
 
 
 def render(res: Results) -> str:
-    front = load(decoder.FRONT_RESULTS.name, root=decoder.FRONT_RESULTS.parent)
+    front = res.decoder_front
     schedules = sorted((r for r in front.values() if "stages" in r), key=lambda r: r["seed"])
     out = ["\n## The front on the embedded decoder\n"]
     if not schedules:

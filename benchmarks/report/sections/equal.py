@@ -214,7 +214,7 @@ EQUAL_READING = (
 def render(res: Results) -> str:
     out = [
         "## Equal budget: SoRA at a sparsity budget against LoRA and AdaLoRA of that size\n",
-        equal_section(load("equal"), res.defaults) + "\n",
+        equal_section(res.equal, res.defaults) + "\n",
     ]
     if gpu_equal := load("equal", root=GLUE_GPU):
         out.append("On the GPU:\n\n" + equal_section(gpu_equal, res.gpu_defaults) + "\n")

@@ -11,7 +11,7 @@ from typing import Any
 
 import glue
 
-from ..load import FIGURES, ROOT, Results, Runs, load, score
+from ..load import FIGURES, ROOT, Results, Runs, score
 from ..markdown import METRIC_NAMES, TASK_NAMES, fmt_ms, fmt_params, rel, table
 from ..stats import gap_text, gap_word, half_width
 
@@ -317,9 +317,8 @@ def _pattern_text(runs: Runs) -> str:
 
 def _runs(res: Results) -> tuple[Runs, Runs]:
     """The runs the front reads (the Defaults' LoRA r=8, the Equal-budget runs, the front's own) and its schedules."""
-    front = load("front")
-    schedules = _schedules(front)
-    return {**res.defaults, **load("equal"), **{n: r for n, r in front.items() if n not in schedules}}, schedules
+    schedules = _schedules(res.front)
+    return {**res.defaults, **res.equal, **{n: r for n, r in res.front.items() if n not in schedules}}, schedules
 
 
 def _seed_span(fronts: list[_TaskFront]) -> str:
