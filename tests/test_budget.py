@@ -213,8 +213,9 @@ def test_sigkill_then_resume_with_a_budget_equals_an_uninterrupted_run(tmp_path,
 
 def test_a_schedule_of_budgets_lands_each_stage(tmp_path, glue_dir):
     """``sora schedule --target-list 0.8,0.4``: each stage ends at its own budget, counted from the r_max adapter."""
-    rows = run_schedule(_config(tmp_path / "run"), [0.5, 0.5], 1.0, targets=[0.8, 0.4])
-    saved = json.loads((tmp_path / "run" / "schedule.json").read_text())
+    saved = run_schedule(_config(tmp_path / "run"), [0.5, 0.5], 1.0, targets=[0.8, 0.4])
+    assert json.loads((tmp_path / "run" / "schedule.json").read_text()) == saved, "it returns what schedule.json holds"
+    rows = saved["stages"]
     assert saved["schedule"] == "targets" and saved["targets"] == [0.8, 0.4]
     full = rows[0]["target_params"] / 0.8
     for row, ratio in zip(rows, (0.8, 0.4), strict=True):

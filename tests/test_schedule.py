@@ -47,7 +47,7 @@ def _config(out, **overrides) -> TrainConfig:
 def run(tmp_path_factory, glue_dir):
     """One uninterrupted 3-stage schedule: (its config, its rows)."""
     cfg = _config(tmp_path_factory.mktemp("schedule") / "run")
-    return cfg, run_schedule(cfg, XIS, 1.0)
+    return cfg, run_schedule(cfg, XIS, 1.0)["stages"]
 
 
 def _without_seconds(rows: list[dict]) -> list[dict]:
@@ -247,7 +247,7 @@ def test_a_finished_schedule_is_kept(run):
         run_schedule(cfg, XIS[:2], 1.0, resume=True)
     with pytest.raises(SoraError, match="another schedule"):
         run_schedule(cfg, XIS, 2.0, resume=True)
-    assert run_schedule(cfg, XIS, 1.0, resume=True) == rows, "nothing left to train"
+    assert run_schedule(cfg, XIS, 1.0, resume=True)["stages"] == rows, "nothing left to train"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_an_interrupted_schedule_resumes_at_its_stage_and_ends_as_an_uninterrupt
     assert len((out / "schedule.csv").read_text().splitlines()) == 3 and not (out / "adapters" / "stage_3").exists()
     assert _without_seconds(finished) == _without_seconds(reference[:2])
 
-    rows = run_schedule(cfg, XIS, 1.0, resume=True)
+    rows = run_schedule(cfg, XIS, 1.0, resume=True)["stages"]
     assert rows[:2] == finished, "the finished stages are kept, not retrained"
     assert _without_seconds(rows) == _without_seconds(reference)
     for name in ("sora_model.safetensors", "optimizer.safetensors"):

@@ -121,7 +121,7 @@ def test_the_sparsifying_scheduler_runs_a_family_defined_outside_the_package(tmp
     """`run_schedule` reaches the family through its interface alone: load, collator and score (here the MSE)."""
     out = tmp_path / "schedule"
     cfg = TrainConfig(task="constant", output_dir=str(out), lr=5e-2, batch_size=16)
-    rows = run_schedule(cfg, [0.0, 0.0], 2.0, targets=[0.5, 0.25])
+    rows = run_schedule(cfg, [0.0, 0.0], 2.0, targets=[0.5, 0.25])["stages"]
     assert [set(row["dev"]) for row in rows] == [{"loss"}, {"loss"}] and rows[0]["train"]["loss"] >= 0
     assert rows[1]["nonzero_params"] < rows[0]["nonzero_params"] <= rows[0]["target_params"]
     assert evaluate_adapter(out / "adapters" / "stage_2") == pytest.approx(rows[1]["dev"], rel=1e-6)

@@ -304,7 +304,7 @@ def _run(args: argparse.Namespace) -> int:
             _io.write_json(args.output, scores)
         print(json.dumps(scores))
     elif args.command == "schedule":
-        from .schedule import PICK_WITHIN, SCHEDULE_FILE, pick_stage, run_schedule, xi_values
+        from .schedule import PICK_WITHIN, pick_stage, run_schedule, xi_values
 
         within = PICK_WITHIN if args.pick_within is None else args.pick_within
         if not (math.isfinite(within) and within >= 0):  # before training, not after
@@ -327,20 +327,18 @@ def _run(args: argparse.Namespace) -> int:
             xis = xi_values(
                 args.xi_schedule, args.xi_start if args.xi_start is not None else args.xi, args.xi_max, args.stages
             )
-        rows = run_schedule(cfg, xis, args.epochs_per_stage, resume=args.resume, targets=targets)
-        out = Path(args.output_dir)
-        schedule = json.loads((out / SCHEDULE_FILE).read_text(encoding="utf-8"))
+        schedule = run_schedule(cfg, xis, args.epochs_per_stage, resume=args.resume, targets=targets)
         pick = pick_stage(schedule, within)
         metric = schedule["primary_metric"]
         value = pick["dev"][metric]
-        adapter = out / "adapters" / f"stage_{pick['stage']}"
+        adapter = Path(args.output_dir) / "adapters" / f"stage_{pick['stage']}"
         print(
-            f"sora schedule on {cfg.task}: stage {pick['stage']} of {len(rows)} is the smallest within {within:g} "
-            f"{'%' if metric == 'loss' else 'point'} of the best dev {metric} "
+            f"sora schedule on {cfg.task}: stage {pick['stage']} of {len(schedule['stages'])} is the smallest within "
+            f"{within:g} {'%' if metric == 'loss' else 'point'} of the best dev {metric} "
             f"({f'{value:.3f}' if metric == 'loss' else f'{100 * value:.1f}'}): {pick['nonzero_params']:,} adapter "
             f"parameters, {pick['live_ranks']} ranks live; its adapter: {adapter}"
         )
-        print(json.dumps({"output_dir": args.output_dir, "stages": len(rows), "pick": pick["stage"],
+        print(json.dumps({"output_dir": args.output_dir, "stages": len(schedule["stages"]), "pick": pick["stage"],
                           "adapter": str(adapter)}))  # fmt: skip
     elif args.command == "ranks":
         from .analysis import analyze_ranks

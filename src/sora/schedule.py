@@ -126,8 +126,9 @@ def run_schedule(
     epochs_per_stage: float,
     resume: bool = False,
     targets: list[float] | None = None,
-) -> list[dict[str, Any]]:
-    """Algorithm 1: train SoRA for ``epochs_per_stage`` epochs at each xi in turn; returns ``schedule.json``'s rows.
+) -> dict[str, Any]:
+    """Algorithm 1: train SoRA for ``epochs_per_stage`` epochs at each xi in turn; returns what ``schedule.json``
+    holds (its ``stages``: one row per stage).
 
     Stage 1 trains at ``xis[0]``; every later stage goes on with the same model and optimizer (Adam moments, step
     counts, gates) at the next xi (``SoraOptimizer.set_xi``). ``cfg`` is a SoRA ``TrainConfig``; its ``xi`` and
@@ -170,9 +171,10 @@ def run_schedule(
     if not (isinstance(epochs_per_stage, int | float) and math.isfinite(epochs_per_stage) and epochs_per_stage > 0):
         raise SoraError(f"epochs_per_stage must be > 0, got {epochs_per_stage!r}")
     out = prepare_output(cfg, resume)
-    rows = _finished_rows(out, xis, epochs_per_stage, targets) if resume else []
-    if len(rows) == len(xis):
-        return rows
+    saved = _finished(out, xis, epochs_per_stage, targets) if resume else None
+    if saved and len(saved["stages"]) == len(xis):
+        return saved
+    rows = saved["stages"] if saved else []
     transformers.set_seed(cfg.seed)
     family = task_family(cfg.task)
     data, tokenizer, train_set, dev, model = family.load(cfg)
@@ -260,7 +262,7 @@ def run_schedule(
         del pruned
         log.extend({"stage": stage, **row} for row in trainer.state.log_history)
         _write_outputs(out, schedule, log)
-    return rows
+    return schedule
 
 
 def _check_xis(xis: list[float]) -> list[float]:
@@ -277,15 +279,16 @@ def _state_dir(out: Path, stage: int) -> Path:
     return out / "state" / f"stage_{stage}"
 
 
-def _finished_rows(
+def _finished(
     out: Path, xis: list[float], epochs_per_stage: float, targets: list[float] | None
-) -> list[dict[str, Any]]:
-    """The rows of the stages this folder's schedule finished; it must be the same schedule (xis, epochs)."""
+) -> dict[str, Any] | None:
+    """The schedule this folder holds, with the stages it finished (None before its first); it must be the same
+    schedule (xis, epochs, targets)."""
     path = out / SCHEDULE_FILE
     if not path.is_file():
         if (out / RUN_MARKER).is_file():
             raise SoraError(f"{out} holds a `sora train` run, not a schedule: choose another --output-dir")
-        return []
+        return None
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -295,7 +298,7 @@ def _finished_rows(
             f"--resume with another schedule than the one in {out}: it has xis {saved.get('xis')}, "
             f"{saved.get('epochs_per_stage')} epochs per stage and targets {saved.get('targets')}"
         )
-    return saved["stages"]
+    return saved
 
 
 def _write_outputs(out: Path, schedule: dict[str, Any], log: list[dict[str, Any]]) -> None:
