@@ -407,7 +407,8 @@ def render(res: Results) -> str:
         blocks,
         "\n**Verdict, per size (the schedule's stage against LoRA of that size):**\n",
         "\n".join(verdicts),
-        "\nA size is reached where the gap is within noise or ahead.",
+        "\nA size is reached where the gap is within noise or ahead. Stage k of a schedule has had k epochs of "
+        "training in all and each sweep run 3, so the first stage (75%) is the least trained point of the curve.",
         "\n### Allocation apart from training: LoRA at the ranks another method found\n",
         "`sora train --method lora --rank-pattern-from RESULT` retrains a plain LoRA with the per-module ranks of "
         "another run, at LoRA r=4's scale: SoRA's learned allocation at 50% (the Equal-budget run of the same seed) "
