@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import decoder  # benchmarks/decoder.py: where its front writes
+import decoder  # benchmarks/decoder.py: where its results are written
 import glue  # the runner's settings: tasks, sizes, trials
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 GLUE = RESULTS / "glue"
 GLUE_GPU = RESULTS / "glue-gpu"  # benchmarks/gpu_defaults.sh's results, from a lent GPU
 FIGURES = GLUE / "figures"
-DECODER = RESULTS / "decoder"  # benchmarks/decoder.py's results
+DECODER = decoder.RESULTS  # benchmarks/decoder.py's results (its --front writes to decoder.FRONT_RESULTS)
 
 Runs = dict[str, dict[str, Any]]
 
