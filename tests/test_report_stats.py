@@ -275,6 +275,21 @@ def test_the_reach_phrase_sorts_sizes_by_their_verdict():
     assert front._reach_text(front._TaskFront("sst2", {})) == "no paired LoRA run yet"
 
 
+def test_the_rivals_clause_names_methods_never_ahead_and_where_the_others_are():
+    """AdaLoRA and EVA never ahead of LoRA (within noise, behind): named together; SoRA single budget ahead at one
+    size of one task: named there with its gap; a one-seed gap counts for neither; nothing with 2 seeds: said so."""
+    fronts = [
+        front._TaskFront("sst2", {}, rivals={"AdaLoRA": [("50%", WITHIN)], "SoRA single budget": [("25%", AHEAD)]}),
+        front._TaskFront("mrpc", {}, rivals={"EVA": [("50%", BEHIND), ("25%", [3.0])], "AdaLoRA": [("25%", BEHIND)]}),
+    ]
+    assert front._rivals_text(fronts) == (
+        "AdaLoRA and EVA beat a uniform LoRA of the same size at no size on any task; "
+        "SoRA single budget is ahead at SST-2 25% +3.0 ± 2.5 (ahead, 3 seeds)"
+    )
+    one_seed = [front._TaskFront("sst2", {}, rivals={"EVA": [("50%", [3.0])]})]
+    assert front._rivals_text(one_seed) == "no other method has 2 seeds at a schedule's size yet"
+
+
 def test_pattern_rows_pair_each_rank_pattern_with_uniform_lora_of_its_seed():
     """LoRA at SoRA's ranks 1 point above uniform LoRA r=4 at every seed (noise 0): ahead; EVA's pattern has not run,
     so it has no row; SoRA's own 50% run is shown against the same uniform runs; README's clause quotes the patterns'

@@ -267,6 +267,22 @@ def _mean_gaps(per_task: list[list[tuple[str, list[float]]]]) -> str:
     )
 
 
+def _rivals_text(fronts: list[_TaskFront]) -> str:
+    """README's clause on the other methods at a schedule's sizes: which of ``RIVALS`` beat LoRA of the same size at
+    no size on any task (counting gaps of 2 seeds or more), and where the others are ahead (the gap with its noise)."""
+    never, ahead = [], []
+    for name, _ in RIVALS:
+        cells = [(f.task, size, gaps) for f in fronts for size, gaps in f.rivals.get(name, []) if len(gaps) > 1]
+        if wins := [f"{TASK_NAMES[task]} {size} {gap_text(g)}" for task, size, g in cells if gap_word(g) == "ahead"]:
+            ahead.append(f"{name} is ahead at {', '.join(wins)}")
+        elif cells:
+            never.append(name)
+    if never:
+        names = " and ".join(filter(None, [", ".join(never[:-1]), never[-1]]))
+        ahead.insert(0, f"{names} beat{'s' * (len(never) == 1)} a uniform LoRA of the same size at no size on any task")
+    return "; ".join(ahead) or "no other method has 2 seeds at a schedule's size yet"
+
+
 def _pattern_rows(runs: Runs) -> list[tuple[str, str, str, list[dict[str, Any]], list[float]]]:
     """Allocation apart from training, per task: (task, line name, method label, its runs, per-seed gaps to uniform
     LoRA of the same seed) for uniform LoRA itself (no gaps), LoRA at each ``glue.FRONT_PATTERNS`` source's ranks and
@@ -377,8 +393,8 @@ def readme_block(res: Results) -> str | None:
             *lines,
             "",
             "What a schedule gives is the curve and the size read off it in one run, not a better adapter at a size: "
-            "neither SoRA's allocation nor AdaLoRA's has beaten a uniform LoRA of the same size on our GLUE runs "
-            f"(Equal budget); what LoRA loses from r=8 to r=1 is on each line above.{_pattern_text(runs)} The runs, "
+            f"{_rivals_text(fronts)}; what LoRA loses from r=8 to r=1 is on each line above.{_pattern_text(runs)} "
+            "The runs, "
             "the other methods on the same plot and the commands: "
             "[BENCHMARKS.md](BENCHMARKS.md#the-front-one-schedule-run-against-the-lora-rank-sweep).",
             README_MARKERS[1],
