@@ -394,8 +394,7 @@ def readme_block(res: Results) -> str | None:
             "",
             "What a schedule gives is the curve and the size read off it in one run, not a better adapter at a size: "
             f"{_rivals_text(fronts)}; what LoRA loses from r=8 to r=1 is on each line above.{_pattern_text(runs)} "
-            "The runs, "
-            "the other methods on the same plot and the commands: "
+            "The runs, the other methods on the same plot and the commands: "
             "[BENCHMARKS.md](BENCHMARKS.md#the-front-one-schedule-run-against-the-lora-rank-sweep).",
             README_MARKERS[1],
         ]
